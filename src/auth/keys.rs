@@ -1,0 +1,494 @@
+//! Verification keys: loaded from JWK/JWKS files, PEM files and secrets, once, at compile time.
+
+use crate::config::{ConfigError, KeySetConfig, Loaded};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::{alphabet, Engine};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// An elliptic curve, where the key type has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    P256,
+    P384,
+    Ed25519,
+}
+
+/// One verification key.
+pub struct Key {
+    /// `kid` of the key, matched against the token header's `kid`.
+    pub kid: Option<String>,
+    pub family: AlgorithmFamily,
+    pub curve: Option<Curve>,
+    /// A JWK's `alg`: when set, only that algorithm may use the key.
+    pub alg: Option<Algorithm>,
+    pub decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("curve", &self.curve)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// May this key verify a token signed with `alg`?
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        if alg.family() != self.family {
+            return false;
+        }
+        if let Some(a) = self.alg {
+            if a != alg {
+                return false;
+            }
+        }
+        match (alg, self.curve) {
+            (Algorithm::ES256, Some(c)) => c == Curve::P256,
+            (Algorithm::ES384, Some(c)) => c == Curve::P384,
+            _ => true,
+        }
+    }
+
+    /// The raw secret of an HMAC key.
+    pub fn secret(&self) -> Option<&[u8]> {
+        if self.family == AlgorithmFamily::Hmac {
+            self.decoding.try_get_as_bytes().ok()
+        } else {
+            None
+        }
+    }
+}
+
+/// A named set of keys.
+#[derive(Debug)]
+pub struct KeySet {
+    pub name: String,
+    pub keys: Vec<Arc<Key>>,
+    /// Non-fatal remarks (short HMAC secrets, skipped encryption keys).
+    pub warnings: Vec<String>,
+}
+
+/// Base64 that accepts both alphabets' padding styles: used for configured secrets.
+const LENIENT_STD: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+const LENIENT_URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Decode base64 written in either the standard or the URL-safe alphabet, padded or not.
+pub fn decode_base64_lenient(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    LENIENT_STD
+        .decode(s)
+        .or_else(|_| LENIENT_URL.decode(s))
+        .ok()
+}
+
+/// Load one configured key set. `path` is its YAML path (`keys.NAME`).
+pub fn load_key_set(
+    name: &str,
+    cfg: &KeySetConfig,
+    loaded: &Loaded,
+) -> Result<KeySet, Vec<ConfigError>> {
+    let path = format!("keys.{name}");
+    let sources: Vec<&str> = [
+        ("jwks_file", cfg.jwks_file.is_some()),
+        ("pem_file", cfg.pem_file.is_some()),
+        ("secret", cfg.secret.is_some()),
+        ("secret_env", cfg.secret_env.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(n, _)| *n)
+    .collect();
+    if sources.len() != 1 {
+        let found = if sources.is_empty() {
+            "none".to_string()
+        } else {
+            sources.join(", ")
+        };
+        return Err(vec![ConfigError::new(
+            path,
+            format!(
+                "exactly one of jwks_file, pem_file, secret, secret_env must be given (found: {found})"
+            ),
+        )]);
+    }
+    let mut set = KeySet {
+        name: name.to_string(),
+        keys: Vec::new(),
+        warnings: Vec::new(),
+    };
+    if cfg.base64 && cfg.secret.is_none() && cfg.secret_env.is_none() {
+        return Err(vec![ConfigError::new(
+            format!("{path}.base64"),
+            "only applies to secret or secret_env",
+        )]);
+    }
+    if cfg.kid.is_some() && cfg.jwks_file.is_some() {
+        return Err(vec![ConfigError::new(
+            format!("{path}.kid"),
+            "a JWKS file names its keys itself; kid applies to pem_file and secrets",
+        )]);
+    }
+    if let Some(file) = &cfg.jwks_file {
+        let fpath = format!("{path}.jwks_file");
+        let text = read(loaded, file, &fpath)?;
+        let (keys, warnings) = parse_jwks(&text).map_err(|e| {
+            vec![ConfigError::new(
+                &fpath,
+                format!("{:?}: {e}", loaded.resolve(file)),
+            )]
+        })?;
+        set.keys = keys.into_iter().map(Arc::new).collect();
+        set.warnings = warnings;
+    } else if let Some(file) = &cfg.pem_file {
+        let fpath = format!("{path}.pem_file");
+        let text = read(loaded, file, &fpath)?;
+        let mut key = parse_public_pem(text.as_bytes()).map_err(|e| {
+            vec![ConfigError::new(
+                &fpath,
+                format!("{:?}: {e}", loaded.resolve(file)),
+            )]
+        })?;
+        key.kid = cfg.kid.clone();
+        set.keys.push(Arc::new(key));
+    } else {
+        let (raw, field) = if let Some(s) = &cfg.secret {
+            (s.clone(), "secret")
+        } else {
+            let var = cfg.secret_env.as_deref().unwrap_or_default();
+            match std::env::var(var) {
+                Ok(v) => (v, "secret_env"),
+                Err(_) => {
+                    return Err(vec![ConfigError::new(
+                        format!("{path}.secret_env"),
+                        format!("environment variable {var:?} is not set"),
+                    )])
+                }
+            }
+        };
+        let bytes = if cfg.base64 {
+            decode_base64_lenient(&raw).ok_or_else(|| {
+                vec![ConfigError::new(
+                    format!("{path}.{field}"),
+                    "base64: true, but the secret is not valid base64",
+                )]
+            })?
+        } else {
+            raw.into_bytes()
+        };
+        if bytes.is_empty() {
+            return Err(vec![ConfigError::new(
+                format!("{path}.{field}"),
+                "the secret is empty",
+            )]);
+        }
+        set.keys.push(Arc::new(secret_key(&bytes, cfg.kid.clone())));
+    }
+    for k in &set.keys {
+        if let Some(secret) = k.secret() {
+            if secret.len() < 32 {
+                set.warnings.push(format!(
+                    "{path}: HMAC secret of {} bytes is shorter than the 32 that HS256 needs to be safe (RFC 7518 §3.2)",
+                    secret.len()
+                ));
+            }
+        }
+    }
+    Ok(set)
+}
+
+fn read(loaded: &Loaded, file: &str, fpath: &str) -> Result<String, Vec<ConfigError>> {
+    let p = loaded.resolve(file);
+    std::fs::read_to_string(&p)
+        .map_err(|e| vec![ConfigError::new(fpath, format!("cannot read {p:?}: {e}"))])
+}
+
+pub fn secret_key(bytes: &[u8], kid: Option<String>) -> Key {
+    Key {
+        kid,
+        family: AlgorithmFamily::Hmac,
+        curve: None,
+        alg: None,
+        decoding: DecodingKey::from_secret(bytes),
+    }
+}
+
+/// Parse a JWK or a JWKS document. Keys marked `use: enc` are skipped with a warning; any other
+/// key that cannot be used is an error (a typo in a key file should not go unnoticed).
+pub fn parse_jwks(text: &str) -> Result<(Vec<Key>, Vec<String>), String> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let items: Vec<Value> = match &doc {
+        Value::Object(m) if m.contains_key("keys") => match &m["keys"] {
+            Value::Array(a) => a.clone(),
+            _ => return Err("`keys` must be an array".into()),
+        },
+        Value::Object(_) => vec![doc.clone()],
+        _ => return Err("expected a JWK or a JWKS object".into()),
+    };
+    let mut keys = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let label = match item.get("kid").and_then(Value::as_str) {
+            Some(kid) => format!("key [{i}] (kid {kid:?})"),
+            None => format!("key [{i}]"),
+        };
+        if item.get("use").and_then(Value::as_str) == Some("enc") {
+            warnings.push(format!("{label}: `use: enc` key skipped"));
+            continue;
+        }
+        keys.push(parse_jwk(item).map_err(|e| format!("{label}: {e}"))?);
+    }
+    if keys.is_empty() {
+        return Err("no usable signing key".into());
+    }
+    Ok((keys, warnings))
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, String> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing string member `{name}`"))
+}
+
+/// One JWK (public parts only are used; a private JWK works too).
+pub fn parse_jwk(v: &Value) -> Result<Key, String> {
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let kid = match v.get("kid") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("`kid` must be a string".into()),
+    };
+    let alg = match v.get("alg") {
+        None => None,
+        Some(Value::String(s)) => Some(
+            s.parse::<Algorithm>()
+                .map_err(|_| format!("unsupported alg {s:?}"))?,
+        ),
+        Some(_) => return Err("`alg` must be a string".into()),
+    };
+    let b64 = |name: &str| -> Result<Vec<u8>, String> {
+        let s = field(v, name)?;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| format!("`{name}` is not base64url"))
+    };
+    let kty = field(v, "kty")?;
+    let (family, curve, decoding) = match kty {
+        "oct" => {
+            let k = b64("k")?;
+            if k.is_empty() {
+                return Err("empty `k`".into());
+            }
+            (AlgorithmFamily::Hmac, None, DecodingKey::from_secret(&k))
+        }
+        "RSA" => {
+            let n = b64("n")?;
+            let e = b64("e")?;
+            if n.len() < 256 {
+                return Err(format!(
+                    "RSA modulus of {} bits is too short (2048 at least)",
+                    n.len() * 8
+                ));
+            }
+            (
+                AlgorithmFamily::Rsa,
+                None,
+                DecodingKey::from_rsa_raw_components(&n, &e),
+            )
+        }
+        "EC" => {
+            let crv = field(v, "crv")?;
+            let (curve, len) = match crv {
+                "P-256" => (Curve::P256, 32),
+                "P-384" => (Curve::P384, 48),
+                other => return Err(format!("unsupported EC curve {other:?}")),
+            };
+            let x = b64("x")?;
+            let y = b64("y")?;
+            if x.len() != len || y.len() != len {
+                return Err(format!("`x`/`y` have the wrong length for {crv}"));
+            }
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            (
+                AlgorithmFamily::Ec,
+                Some(curve),
+                DecodingKey::from_ec_der(&point),
+            )
+        }
+        "OKP" => {
+            let crv = field(v, "crv")?;
+            if crv != "Ed25519" {
+                return Err(format!("unsupported OKP curve {crv:?}"));
+            }
+            let x = b64("x")?;
+            if x.len() != 32 {
+                return Err("`x` has the wrong length for Ed25519".into());
+            }
+            (
+                AlgorithmFamily::Ed,
+                Some(Curve::Ed25519),
+                DecodingKey::from_ed_der(&x),
+            )
+        }
+        other => return Err(format!("unsupported kty {other:?}")),
+    };
+    if let Some(a) = alg {
+        if a.family() != family {
+            return Err(format!("alg {a:?} does not fit kty {kty:?}"));
+        }
+    }
+    Ok(Key {
+        kid,
+        family,
+        curve,
+        alg,
+        decoding,
+    })
+}
+
+/// The DER bytes and label of the first PEM block in `pem`.
+pub fn pem_block(pem: &[u8]) -> Result<(String, Vec<u8>), String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "not a PEM text file".to_string())?;
+    let begin = text
+        .find("-----BEGIN ")
+        .ok_or_else(|| "no PEM block (-----BEGIN ...) found".to_string())?;
+    let rest = &text[begin + 11..];
+    let label_end = rest
+        .find("-----")
+        .ok_or_else(|| "malformed PEM header".to_string())?;
+    let label = rest[..label_end].to_string();
+    let body_start = label_end + 5;
+    let end_marker = format!("-----END {label}-----");
+    let body_end = rest
+        .find(&end_marker)
+        .ok_or_else(|| format!("missing {end_marker}"))?;
+    let b64: String = rest[body_start..body_end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "PEM body is not base64".to_string())?;
+    Ok((label, der))
+}
+
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A PEM public key: RSA (PKCS#1 or SPKI), EC P-256/P-384 or Ed25519 (SPKI).
+pub fn parse_public_pem(pem: &[u8]) -> Result<Key, String> {
+    let (label, der) = pem_block(pem)?;
+    if label.contains("PRIVATE") {
+        return Err(format!(
+            "holds a {label}; give the public key (e.g. `openssl pkey -in KEY -pubout`)"
+        ));
+    }
+    if label != "PUBLIC KEY" && label != "RSA PUBLIC KEY" {
+        return Err(format!(
+            "unsupported PEM block {label:?} (expected PUBLIC KEY)"
+        ));
+    }
+    let key = |family, curve, decoding| Key {
+        kid: None,
+        family,
+        curve,
+        alg: None,
+        decoding,
+    };
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok(key(AlgorithmFamily::Rsa, None, k));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        let curve = if contains(&der, OID_P256) {
+            Curve::P256
+        } else if contains(&der, OID_P384) {
+            Curve::P384
+        } else {
+            return Err("unsupported EC curve (P-256 and P-384 are supported)".into());
+        };
+        return Ok(key(AlgorithmFamily::Ec, Some(curve), k));
+    }
+    if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        return Ok(key(AlgorithmFamily::Ed, Some(Curve::Ed25519), k));
+    }
+    Err("not an RSA, EC or Ed25519 public key".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_oct_key_from_the_nginx_tutorial() {
+        let (keys, _) =
+            parse_jwks(r#"{"keys":[{"k":"ZmFudGFzdGljand0","kty":"oct","kid":"0001"}]}"#).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("0001"));
+        assert_eq!(keys[0].secret(), Some(&b"fantasticjwt"[..]));
+        assert!(keys[0].accepts(Algorithm::HS256));
+        assert!(!keys[0].accepts(Algorithm::RS256));
+    }
+
+    #[test]
+    fn jwks_skips_encryption_keys_and_rejects_junk() {
+        let (keys, warnings) = parse_jwks(
+            r#"{"keys":[{"kty":"oct","k":"AAAA","use":"enc"},{"kty":"oct","k":"AQID"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(warnings.len(), 1);
+        assert!(parse_jwks(r#"{"keys":[{"kty":"XYZ"}]}"#)
+            .unwrap_err()
+            .contains("unsupported kty"));
+        assert!(parse_jwks(r#"{"keys":[]}"#).is_err());
+        assert!(parse_jwks("nope").is_err());
+        assert!(parse_jwks(r#"{"kty":"oct","k":"AQID","alg":"RS256"}"#).is_err());
+    }
+
+    #[test]
+    fn pem_kinds() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
+        let read = |f: &str| std::fs::read(format!("{dir}{f}")).unwrap();
+        let rsa = parse_public_pem(&read("rsa_public.pem")).unwrap();
+        assert_eq!(rsa.family, AlgorithmFamily::Rsa);
+        assert!(rsa.accepts(Algorithm::PS256));
+        let ec = parse_public_pem(&read("ec_public.pem")).unwrap();
+        assert_eq!(ec.curve, Some(Curve::P256));
+        assert!(ec.accepts(Algorithm::ES256));
+        assert!(!ec.accepts(Algorithm::ES384));
+        let ed = parse_public_pem(&read("ed_public.pem")).unwrap();
+        assert!(ed.accepts(Algorithm::EdDSA));
+        assert!(parse_public_pem(&read("rsa_private.pem"))
+            .unwrap_err()
+            .contains("public key"));
+        assert!(parse_public_pem(b"hello").is_err());
+    }
+
+    #[test]
+    fn lenient_base64() {
+        assert_eq!(decode_base64_lenient("+/8=").unwrap(), vec![0xfb, 0xff]);
+        assert_eq!(decode_base64_lenient("-_8").unwrap(), vec![0xfb, 0xff]);
+        assert!(decode_base64_lenient("%%").is_none());
+    }
+}

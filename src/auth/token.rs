@@ -1,0 +1,181 @@
+//! Where a token is taken from: the Bearer header, another header, a cookie or a query argument.
+
+use crate::error::AuthError;
+use http::header::{AUTHORIZATION, COOKIE};
+use http::HeaderName;
+use pingora_http::RequestHeader;
+use std::borrow::Cow;
+
+/// One place a token may be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>` (scheme matched case-insensitively).
+    Bearer,
+    /// The whole value of a header.
+    Header(HeaderName),
+    /// A cookie by name.
+    Cookie(String),
+    /// A query argument by name.
+    Query(String),
+}
+
+impl TokenSource {
+    /// Parse `bearer`, `header:NAME`, `cookie:NAME` or `query:NAME`.
+    pub fn parse(s: &str) -> Result<TokenSource, String> {
+        if s == "bearer" {
+            return Ok(TokenSource::Bearer);
+        }
+        let (kind, name) = s.split_once(':').ok_or_else(|| {
+            format!("invalid token source {s:?}: use bearer, header:NAME, cookie:NAME or query:NAME")
+        })?;
+        if name.is_empty() {
+            return Err(format!("invalid token source {s:?}: the name is empty"));
+        }
+        match kind {
+            "header" => HeaderName::from_bytes(name.as_bytes())
+                .map(TokenSource::Header)
+                .map_err(|_| format!("invalid header name {name:?}")),
+            "cookie" => Ok(TokenSource::Cookie(name.to_string())),
+            "query" => Ok(TokenSource::Query(name.to_string())),
+            _ => Err(format!(
+                "invalid token source {s:?}: use bearer, header:NAME, cookie:NAME or query:NAME"
+            )),
+        }
+    }
+
+    /// The token this source finds in the request: `None` when the source has none,
+    /// `Some(Err)` when something is there but cannot be a token.
+    pub fn extract<'r>(&self, req: &'r RequestHeader) -> Option<Result<Cow<'r, str>, AuthError>> {
+        match self {
+            TokenSource::Bearer => {
+                let v = req.headers.get(AUTHORIZATION)?;
+                let Ok(v) = v.to_str() else {
+                    return Some(Err(AuthError::Malformed));
+                };
+                let v = v.trim_start();
+                let (scheme, rest) = v.split_at(v.find(' ')?);
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return None;
+                }
+                let tok = rest.trim();
+                if tok.is_empty() {
+                    None
+                } else {
+                    Some(Ok(Cow::Borrowed(tok)))
+                }
+            }
+            TokenSource::Header(name) => {
+                let v = req.headers.get(name)?;
+                match v.to_str() {
+                    Ok(s) if s.trim().is_empty() => None,
+                    Ok(s) => Some(Ok(Cow::Borrowed(s.trim()))),
+                    Err(_) => Some(Err(AuthError::Malformed)),
+                }
+            }
+            TokenSource::Cookie(name) => {
+                for v in req.headers.get_all(COOKIE) {
+                    let Ok(v) = v.to_str() else { continue };
+                    for pair in v.split(';') {
+                        if let Some((k, val)) = pair.trim().split_once('=') {
+                            if k == name && !val.is_empty() {
+                                let val = val.trim_matches('"');
+                                return Some(Ok(Cow::Borrowed(val)));
+                            }
+                        }
+                    }
+                }
+                None
+            }
+            TokenSource::Query(name) => {
+                let q = req.uri.query()?;
+                for pair in q.split('&') {
+                    if let Some((k, val)) = pair.split_once('=') {
+                        if k == name && !val.is_empty() {
+                            return Some(percent_decode(val).ok_or(AuthError::Malformed));
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Decode `%XX` escapes; borrows when there are none.
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn got(src: &str, r: &RequestHeader) -> Option<String> {
+        TokenSource::parse(src)
+            .unwrap()
+            .extract(r)
+            .map(|t| t.unwrap().into_owned())
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer abc", "bearer abc", "BEARER   abc  ", "  bEaReR abc"] {
+            assert_eq!(
+                got("bearer", &req("/", &[("authorization", h)])).as_deref(),
+                Some("abc"),
+                "{h}"
+            );
+        }
+        assert_eq!(got("bearer", &req("/", &[("authorization", "Basic abc")])), None);
+        assert_eq!(got("bearer", &req("/", &[("authorization", "Bearer")])), None);
+        assert_eq!(got("bearer", &req("/", &[])), None);
+    }
+
+    #[test]
+    fn other_sources() {
+        let r = req(
+            "/p?a=1&apijwt=x.y.z&b=2",
+            &[("cookie", "a=b; jwt=c.d.e"), ("x-api-token", " t.o.k ")],
+        );
+        assert_eq!(got("query:apijwt", &r).as_deref(), Some("x.y.z"));
+        assert_eq!(got("cookie:jwt", &r).as_deref(), Some("c.d.e"));
+        assert_eq!(got("header:X-Api-Token", &r).as_deref(), Some("t.o.k"));
+        assert_eq!(got("query:other", &r), None);
+        assert_eq!(got("cookie:other", &r), None);
+        let r = req("/p?t=a%2Eb.c", &[]);
+        assert_eq!(got("query:t", &r).as_deref(), Some("a.b.c"));
+    }
+
+    #[test]
+    fn parse_rejects_bad_sources() {
+        assert!(TokenSource::parse("bearer").is_ok());
+        assert!(TokenSource::parse("query:").is_err());
+        assert!(TokenSource::parse("body:x").is_err());
+        assert!(TokenSource::parse("header:bad header").is_err());
+    }
+}

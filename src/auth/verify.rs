@@ -1,0 +1,384 @@
+//! A compiled JWT policy and the verification of one compact JWS token.
+//!
+//! The header and payload are parsed here, strictly; `jsonwebtoken` is used for the signature
+//! only (`crypto::verify` with a `DecodingKey` built at compile time). That keeps every decision
+//! that matters for security in one readable place: which algorithms, which key, `crit`,
+//! duplicate members, the types of `exp`/`nbf`.
+
+use super::claims::Claims;
+use super::keys::Key;
+use super::token::TokenSource;
+use crate::error::AuthError;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Tokens longer than this are refused before any decoding (bytes of the compact form).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// A compiled `auth` policy.
+#[derive(Debug)]
+pub struct Verifier {
+    pub name: String,
+    pub realm: String,
+    pub algorithms: Vec<Algorithm>,
+    /// Keys of all the policy's key sets, in configuration order.
+    pub keys: Vec<Arc<Key>>,
+    pub sources: Vec<TokenSource>,
+    pub issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    /// Clock skew allowed for `exp`/`nbf`, in seconds.
+    pub leeway: f64,
+    pub require_exp: bool,
+    /// Upstream header ← claim name.
+    pub forward_claims: Vec<(HeaderName, String)>,
+    /// Upstream header that receives the base64url payload.
+    pub forward_payload: Option<HeaderName>,
+}
+
+/// A token that passed every check.
+#[derive(Debug)]
+pub struct Verified<'t> {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub claims: Claims,
+    /// The payload segment as it was in the token (base64url).
+    pub payload_b64: &'t str,
+}
+
+/// Seconds since the epoch, with the fraction.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, AuthError> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)
+}
+
+fn numeric(claims: &Claims, name: &str) -> Result<Option<f64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(AuthError::BadTimeClaim),
+        Some(_) => Err(AuthError::BadTimeClaim),
+    }
+}
+
+impl Verifier {
+    /// Verify a compact token at time `now` (seconds since the epoch).
+    pub fn verify<'t>(&self, token: &'t str, now: f64) -> Result<Verified<'t>, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(s64)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(AuthError::Malformed);
+        };
+        if let Some(_fourth) = parts.next() {
+            return Err(if token.split('.').count() == 5 {
+                AuthError::Encrypted
+            } else {
+                AuthError::Malformed
+            });
+        }
+        if h64.is_empty() || p64.is_empty() || s64.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+
+        // Header: strict JSON object; alg from the policy's list; no `crit` (we implement no
+        // extensions, so any critical one is unknown: RFC 7515 §4.1.11).
+        let header = Claims::parse(&b64(h64)?).map_err(|_| AuthError::Malformed)?;
+        let alg = match header.get("alg") {
+            Some(Value::String(s)) => s,
+            _ => return Err(AuthError::Malformed),
+        };
+        let alg = self
+            .algorithms
+            .iter()
+            .copied()
+            .find(|a| alg_name(*a) == alg.as_str())
+            .ok_or(AuthError::AlgorithmNotAllowed)?;
+        if header.get("crit").is_some() {
+            return Err(AuthError::UnsupportedCrit);
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => return Err(AuthError::Malformed),
+        };
+
+        // Key: same `kid` (keys without a kid match any), compatible with `alg`. Header members
+        // such as jku, x5u, x5c and jwk are ignored: keys come from configuration only.
+        let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
+        let mut candidates = self
+            .keys
+            .iter()
+            .filter(|k| k.accepts(alg))
+            .filter(|k| match (kid, &k.kid) {
+                (Some(t), Some(k)) => t == k,
+                _ => true,
+            })
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(AuthError::UnknownKid);
+        }
+        let mut ok = false;
+        for key in candidates {
+            match jsonwebtoken::crypto::verify(s64, message, &key.decoding, alg) {
+                Ok(true) => {
+                    ok = true;
+                    break;
+                }
+                Ok(false) => {}
+                Err(_) => return Err(AuthError::Malformed),
+            }
+        }
+        if !ok {
+            return Err(AuthError::BadSignature);
+        }
+
+        // Payload: strict JSON object; registered claims type-checked.
+        let claims = Claims::parse(&b64(p64)?).map_err(|_| AuthError::Malformed)?;
+        let exp = numeric(&claims, "exp")?;
+        let nbf = numeric(&claims, "nbf")?;
+        numeric(&claims, "iat")?;
+        match exp {
+            Some(exp) if now >= exp + self.leeway => return Err(AuthError::Expired),
+            None if self.require_exp => return Err(AuthError::MissingExp),
+            _ => {}
+        }
+        if let Some(nbf) = nbf {
+            if now + self.leeway < nbf {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        if !self.issuers.is_empty() {
+            match claims.str("iss") {
+                Some(iss) if self.issuers.iter().any(|i| i == iss) => {}
+                _ => return Err(AuthError::BadIssuer),
+            }
+        }
+        if !self.audiences.is_empty() {
+            let ok = match claims.get("aud") {
+                Some(Value::String(a)) => self.audiences.iter().any(|x| x == a),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|a| self.audiences.iter().any(|x| x == a)),
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::BadAudience);
+            }
+        }
+        Ok(Verified {
+            alg,
+            kid: kid.map(str::to_owned),
+            claims,
+            payload_b64: p64,
+        })
+    }
+
+    /// The headers to set upstream for a verified token.
+    pub fn forwarded_headers(
+        &self,
+        v: &Verified<'_>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, AuthError> {
+        let mut out = Vec::with_capacity(self.forward_claims.len() + 1);
+        for (header, claim) in &self.forward_claims {
+            let value = match v.claims.get(claim) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => HeaderValue::from_str(s),
+                Some(other) => HeaderValue::from_str(&other.to_string()),
+            };
+            out.push((
+                header.clone(),
+                value.map_err(|_| AuthError::ClaimNotForwardable)?,
+            ));
+        }
+        if let Some(h) = &self.forward_payload {
+            let value =
+                HeaderValue::from_str(v.payload_b64).map_err(|_| AuthError::ClaimNotForwardable)?;
+            out.push((h.clone(), value));
+        }
+        Ok(out)
+    }
+}
+
+/// The JOSE name of an algorithm (`HS256`, `EdDSA`, ...).
+pub fn alg_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::{parse_public_pem, secret_key};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier(keys: Vec<Key>, algs: &[Algorithm]) -> Verifier {
+        Verifier {
+            name: "t".into(),
+            realm: "t".into(),
+            algorithms: algs.to_vec(),
+            keys: keys.into_iter().map(Arc::new).collect(),
+            sources: vec![TokenSource::Bearer],
+            issuers: vec![],
+            audiences: vec![],
+            leeway: 0.0,
+            require_exp: false,
+            forward_claims: vec![],
+            forward_payload: None,
+        }
+    }
+
+    fn hs(claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn b64j(v: &str) -> String {
+        URL_SAFE_NO_PAD.encode(v)
+    }
+
+    fn sign_raw(header: &str, payload: &str) -> String {
+        let msg = format!("{}.{}", b64j(header), b64j(payload));
+        let sig = jsonwebtoken::crypto::sign(
+            msg.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{msg}.{sig}")
+    }
+
+    #[test]
+    fn accepts_a_good_token_and_checks_times() {
+        let mut v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let t = hs(json!({"sub":"a","exp":1000,"nbf":500}));
+        assert_eq!(v.verify(&t, 700.0).unwrap().claims.str("sub"), Some("a"));
+        assert_eq!(v.verify(&t, 1000.0).unwrap_err(), AuthError::Expired);
+        assert_eq!(v.verify(&t, 400.0).unwrap_err(), AuthError::NotYetValid);
+        v.leeway = 30.0;
+        assert!(v.verify(&t, 1029.0).is_ok());
+        assert!(v.verify(&t, 471.0).is_ok());
+        assert_eq!(v.verify(&t, 1030.0).unwrap_err(), AuthError::Expired);
+    }
+
+    #[test]
+    fn string_exp_and_duplicate_claims_are_refused() {
+        let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let t = sign_raw(r#"{"alg":"HS256"}"#, r#"{"sub":"a","exp":"1"}"#);
+        assert_eq!(v.verify(&t, 10.0).unwrap_err(), AuthError::BadTimeClaim);
+        let t = sign_raw(r#"{"alg":"HS256"}"#, r#"{"sub":"a","sub":"admin"}"#);
+        assert_eq!(v.verify(&t, 10.0).unwrap_err(), AuthError::Malformed);
+        let t = sign_raw(r#"{"alg":"HS256","alg":"none"}"#, r#"{"sub":"a"}"#);
+        assert_eq!(v.verify(&t, 10.0).unwrap_err(), AuthError::Malformed);
+    }
+
+    #[test]
+    fn alg_none_crit_and_wrong_alg() {
+        let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        for alg in ["none", "None", "NONE", "nOnE", "hs256"] {
+            let t = format!(
+                "{}.{}.",
+                b64j(&format!(r#"{{"alg":"{alg}"}}"#)),
+                b64j(r#"{"sub":"a"}"#)
+            );
+            assert!(v.verify(&t, 1.0).is_err(), "{alg}");
+            let t = format!("{t}c2ln");
+            assert_eq!(v.verify(&t, 1.0).unwrap_err(), AuthError::AlgorithmNotAllowed);
+        }
+        let t = sign_raw(r#"{"alg":"HS256","crit":["exp"]}"#, r#"{"sub":"a"}"#);
+        assert_eq!(v.verify(&t, 1.0).unwrap_err(), AuthError::UnsupportedCrit);
+    }
+
+    #[test]
+    fn rsa_public_key_as_hmac_secret_is_refused() {
+        let pem = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/keys/rsa_public.pem"
+        ))
+        .unwrap();
+        let rsa = parse_public_pem(&pem).unwrap();
+        // Even a policy that (unwisely) allows both families never uses an RSA key for HMAC.
+        let v = verifier(vec![rsa], &[Algorithm::RS256, Algorithm::HS256]);
+        let t = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub":"a"}),
+            &EncodingKey::from_secret(&pem),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&t, 1.0).unwrap_err(), AuthError::UnknownKid);
+    }
+
+    #[test]
+    fn malformed_shapes() {
+        let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        for t in ["", "a", "a.b", "a.b.c.d", "..", "a..c", "!!.??.**", "a.b.c.d.e"] {
+            assert!(v.verify(t, 1.0).is_err(), "{t}");
+        }
+        assert_eq!(
+            v.verify("a.b.c.d.e", 1.0).unwrap_err(),
+            AuthError::Encrypted
+        );
+        let big = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(v.verify(&big, 1.0).unwrap_err(), AuthError::TooLarge);
+    }
+
+    #[test]
+    fn issuer_and_audience() {
+        let mut v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        v.issuers = vec!["me".into()];
+        v.audiences = vec!["api".into(), "web".into()];
+        assert!(v
+            .verify(&hs(json!({"iss":"me","aud":"web"})), 1.0)
+            .is_ok());
+        assert!(v
+            .verify(&hs(json!({"iss":"me","aud":["x","api"]})), 1.0)
+            .is_ok());
+        assert_eq!(
+            v.verify(&hs(json!({"iss":"you","aud":"web"})), 1.0)
+                .unwrap_err(),
+            AuthError::BadIssuer
+        );
+        assert_eq!(
+            v.verify(&hs(json!({"iss":"me","aud":["x"]})), 1.0)
+                .unwrap_err(),
+            AuthError::BadAudience
+        );
+        assert_eq!(
+            v.verify(&hs(json!({"iss":"me"})), 1.0).unwrap_err(),
+            AuthError::BadAudience
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! The file format: serde structs that mirror the YAML, and `load()`.
+//!
+//! Loading is done section by section and entry by entry, so one bad entry does not hide the
+//! errors of the others: `check` reports every problem in one run, each with its YAML path.
+//! These structs are only the file format; `policy::compile` turns them into the runtime model.
+
+mod duration;
+
+pub use duration::parse_duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem found in a config file, located by its YAML path (`routes[2].upstream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every error found in one file.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if e.path.is_empty() {
+                write!(f, "{}: {}", self.file.display(), e.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file.display(), e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A value that may be written as one item or as a list of items.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub keys: BTreeMap<String, KeySetConfig>,
+    pub auth: BTreeMap<String, PolicyConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses the proxy listens on.
+    #[serde(default = "default_listen")]
+    pub listen: OneOrMany<String>,
+    /// Worker threads; default: the number of cores.
+    pub threads: Option<usize>,
+    /// Optional admin listener (`/healthz`).
+    pub admin: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            threads: None,
+            admin: None,
+        }
+    }
+}
+
+fn default_listen() -> OneOrMany<String> {
+    OneOrMany::One("0.0.0.0:8080".to_string())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PeerConfig {
+    Addr(String),
+    Weighted(WeightedPeer),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedPeer {
+    pub addr: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl PeerConfig {
+    pub fn addr(&self) -> &str {
+        match self {
+            PeerConfig::Addr(a) => a,
+            PeerConfig::Weighted(w) => &w.addr,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            PeerConfig::Addr(_) => 1,
+            PeerConfig::Weighted(w) => w.weight,
+        }
+    }
+}
+
+/// A named key set. Exactly one source must be given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySetConfig {
+    /// A JWK or a JWKS document (JSON).
+    pub jwks_file: Option<String>,
+    /// A PEM public key (RSA, EC P-256/P-384, Ed25519).
+    pub pem_file: Option<String>,
+    /// An HMAC secret given literally.
+    pub secret: Option<String>,
+    /// An HMAC secret read from this environment variable at load time.
+    pub secret_env: Option<String>,
+    /// The secret (literal or env) is base64 (standard or URL-safe alphabet).
+    #[serde(default)]
+    pub base64: bool,
+    /// Optional key id for a PEM or secret key, matched against the token's `kid`.
+    pub kid: Option<String>,
+}
+
+/// A named JWT policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub keys: OneOrMany<String>,
+    pub algorithms: Vec<String>,
+    pub realm: Option<String>,
+    pub token_from: Option<Vec<String>>,
+    pub issuer: Option<OneOrMany<String>>,
+    pub audience: Option<OneOrMany<String>>,
+    pub leeway: Option<String>,
+    #[serde(default)]
+    pub require_exp: bool,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    pub forward_payload: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub upstream: String,
+    pub auth: Option<OneOrMany<String>>,
+    pub host: Option<String>,
+    pub methods: Option<Vec<String>>,
+}
+
+/// A config file read from disk, with the folder that relative paths resolve against.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: PathBuf,
+    pub base_dir: PathBuf,
+    pub config: Config,
+}
+
+impl Loaded {
+    /// Resolve a path from the config against the config file's folder.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+const SECTIONS: &[&str] = &["server", "upstreams", "keys", "auth", "routes"];
+
+/// Read and parse a config file. Structural errors (syntax, unknown fields, wrong types) are all
+/// collected; semantic checks happen in `policy::compile`.
+pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        file: file.to_path_buf(),
+        errors,
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| fail(vec![ConfigError::new("", format!("cannot read file: {e}"))]))?;
+    let config = parse(&text).map_err(fail)?;
+    let base_dir = file
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(Loaded {
+        file: file.to_path_buf(),
+        base_dir,
+        config,
+    })
+}
+
+/// Parse YAML text into a `Config`, collecting every structural error.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let root: Value = serde_yaml::from_str(text).map_err(|e| {
+        let msg = match e.location() {
+            Some(loc) => format!(
+                "YAML syntax error at line {} column {}: {}",
+                loc.line(),
+                loc.column(),
+                strip_location(&e.to_string())
+            ),
+            None => format!("YAML syntax error: {e}"),
+        };
+        vec![ConfigError::new("", msg)]
+    })?;
+    let mut errors = Vec::new();
+    let mut config = Config::default();
+    let map = match root {
+        Value::Mapping(m) => m,
+        Value::Null => {
+            errors.push(ConfigError::new("", "the file is empty"));
+            return Err(errors);
+        }
+        _ => {
+            errors.push(ConfigError::new("", "the top level must be a mapping"));
+            return Err(errors);
+        }
+    };
+    for (k, v) in map {
+        let key = match k.as_str() {
+            Some(k) => k.to_string(),
+            None => {
+                errors.push(ConfigError::new("", format!("non-string key {k:?}")));
+                continue;
+            }
+        };
+        match key.as_str() {
+            "server" => {
+                if let Some(s) = entry::<ServerConfig>(&key, v, &mut errors) {
+                    config.server = s;
+                }
+            }
+            "upstreams" => config.upstreams = named(&key, v, &mut errors),
+            "keys" => config.keys = named(&key, v, &mut errors),
+            "auth" => config.auth = named(&key, v, &mut errors),
+            "routes" => match v {
+                Value::Sequence(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        if let Some(r) = entry(&format!("routes[{i}]"), item, &mut errors) {
+                            config.routes.push(r);
+                        }
+                    }
+                }
+                Value::Null => {}
+                _ => errors.push(ConfigError::new("routes", "must be a list of routes")),
+            },
+            other => errors.push(ConfigError::new(
+                other,
+                format!("unknown field `{other}`, expected one of {}", SECTIONS.join(", ")),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Deserialize one entry, recording its error under `path`.
+fn entry<T: DeserializeOwned>(path: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+    match serde_yaml::from_value::<T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(ConfigError::new(path, strip_location(&e.to_string())));
+            None
+        }
+    }
+}
+
+/// A section that maps names to entries (`upstreams`, `keys`, `auth`).
+fn named<T: DeserializeOwned>(
+    section: &str,
+    v: Value,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let Some(name) = k.as_str() else {
+                    errors.push(ConfigError::new(section, format!("non-string name {k:?}")));
+                    continue;
+                };
+                if let Some(t) = entry(&format!("{section}.{name}"), v, errors) {
+                    out.insert(name.to_string(), t);
+                }
+            }
+        }
+        Value::Null => {}
+        _ => errors.push(ConfigError::new(section, "must be a mapping of names to entries")),
+    }
+    out
+}
+
+/// serde_yaml appends " at line X column Y" for positions within a value we re-parsed; those
+/// positions are meaningless for `from_value`, so drop them.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_errors_from_every_section() {
+        let text = r#"
+server: {listen: "127.0.0.1:1", bogus: 1}
+upstreams:
+  a: {peers: ["127.0.0.1:2"], extra: true}
+  b: {peers: ["127.0.0.1:3"]}
+keys:
+  k: {secret: x, colour: red}
+routes:
+  - {prefix: /, upstream: b, nope: 1}
+  - {prefix: /x, upstream: b}
+whatever: 1
+"#;
+        let errs = parse(text).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["server", "upstreams.a", "keys.k", "routes[0]", "whatever"]
+        );
+        assert!(errs[0].message.contains("bogus"), "{:?}", errs[0]);
+        assert!(errs[1].message.contains("extra"), "{:?}", errs[1]);
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let errs = parse("server:\n  listen: [\n").unwrap_err();
+        assert!(errs[0].message.contains("line"), "{}", errs[0].message);
+        assert!(errs[0].message.contains("column"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn peers_in_both_forms() {
+        let c = parse(
+            "upstreams:\n  a:\n    peers: [\"127.0.0.1:1\", {addr: \"127.0.0.1:2\", weight: 3}]\n",
+        )
+        .unwrap();
+        let peers = &c.upstreams["a"].peers;
+        assert_eq!(peers[0].weight(), 1);
+        assert_eq!(peers[1].addr(), "127.0.0.1:2");
+        assert_eq!(peers[1].weight(), 3);
+    }
+}

@@ -1,0 +1,175 @@
+//! One error type for a refused request, and the one place that turns it into a response.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+
+/// Why a token was not accepted. Each has a short, fixed description: it never echoes the token,
+/// a claim value or key material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token in any configured place.
+    Missing,
+    TooLarge,
+    Malformed,
+    /// Five-part compact JWE.
+    Encrypted,
+    AlgorithmNotAllowed,
+    UnsupportedCrit,
+    UnknownKid,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    MissingExp,
+    BadTimeClaim,
+    BadIssuer,
+    BadAudience,
+    /// A claim to forward cannot be a header value (control characters).
+    ClaimNotForwardable,
+}
+
+impl AuthError {
+    pub fn description(self) -> &'static str {
+        match self {
+            AuthError::Missing => "bearer token required",
+            AuthError::TooLarge => "token too large",
+            AuthError::Malformed => "token malformed",
+            AuthError::Encrypted => "encrypted tokens are not supported",
+            AuthError::AlgorithmNotAllowed => "algorithm not allowed",
+            AuthError::UnsupportedCrit => "unsupported critical header",
+            AuthError::UnknownKid => "unknown key id",
+            AuthError::BadSignature => "signature invalid",
+            AuthError::Expired => "token expired",
+            AuthError::NotYetValid => "token not yet valid",
+            AuthError::MissingExp => "token has no expiry",
+            AuthError::BadTimeClaim => "exp, nbf or iat is not a number",
+            AuthError::BadIssuer => "issuer not allowed",
+            AuthError::BadAudience => "audience not allowed",
+            AuthError::ClaimNotForwardable => "claim cannot be forwarded",
+        }
+    }
+
+    /// Label for logs and metrics: `missing`, `expired` or `invalid`.
+    pub fn result(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Expired => "expired",
+            _ => "invalid",
+        }
+    }
+}
+
+/// A request refused by the gateway itself (nothing was sent upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// 401 with `WWW-Authenticate: Bearer realm=…` (RFC 6750 §3).
+    Unauthorized { realm: String, error: AuthError },
+    /// No route matches.
+    NotFound,
+    /// A route matches the path but not the method.
+    MethodNotAllowed { allow: String },
+    /// The request itself is unacceptable (e.g. dot segments in the path).
+    BadRequest(&'static str),
+}
+
+/// Quote a string for an HTTP quoted-string (RFC 9110 §5.6.4).
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+impl Reject {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::Unauthorized { .. } => 401,
+            Reject::NotFound => 404,
+            Reject::MethodNotAllowed { .. } => 405,
+            Reject::BadRequest(_) => 400,
+        }
+    }
+
+    /// `WWW-Authenticate` value, if the response carries one.
+    pub fn challenge(&self) -> Option<String> {
+        match self {
+            Reject::Unauthorized {
+                realm,
+                error: AuthError::Missing,
+            } => Some(format!("Bearer realm={}", quote(realm))),
+            Reject::Unauthorized { realm, error } => Some(format!(
+                "Bearer realm={}, error=\"invalid_token\", error_description={}",
+                quote(realm),
+                quote(error.description())
+            )),
+            _ => None,
+        }
+    }
+
+    /// The short JSON body.
+    pub fn body(&self) -> String {
+        let (error, description) = match self {
+            Reject::Unauthorized {
+                error: AuthError::Missing,
+                ..
+            } => ("unauthorized", AuthError::Missing.description()),
+            Reject::Unauthorized { error, .. } => ("invalid_token", error.description()),
+            Reject::NotFound => ("not_found", "no route matches this request"),
+            Reject::MethodNotAllowed { .. } => ("method_not_allowed", "method not allowed here"),
+            Reject::BadRequest(why) => ("bad_request", *why),
+        };
+        // Both strings are fixed text without quotes or backslashes.
+        format!("{{\"error\":\"{error}\",\"error_description\":\"{description}\"}}")
+    }
+
+    /// The whole response: header and body.
+    pub fn response(&self) -> (ResponseHeader, Bytes) {
+        let body = Bytes::from(self.body());
+        let mut h = ResponseHeader::build(self.status(), Some(4)).expect("valid status");
+        let _ = h.insert_header(http::header::CONTENT_TYPE, "application/json");
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+        if let Some(c) = self.challenge() {
+            let _ = h.insert_header(http::header::WWW_AUTHENTICATE, c);
+        }
+        if let Reject::MethodNotAllowed { allow } = self {
+            let _ = h.insert_header(http::header::ALLOW, allow.as_str());
+        }
+        if matches!(self, Reject::Unauthorized { .. }) {
+            let _ = h.insert_header(http::header::CACHE_CONTROL, "no-store");
+        }
+        (h, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_follow_rfc6750() {
+        let r = Reject::Unauthorized {
+            realm: "Products \"API\"".into(),
+            error: AuthError::Missing,
+        };
+        assert_eq!(r.challenge().unwrap(), r#"Bearer realm="Products \"API\"""#);
+        let r = Reject::Unauthorized {
+            realm: "x".into(),
+            error: AuthError::Expired,
+        };
+        assert_eq!(
+            r.challenge().unwrap(),
+            r#"Bearer realm="x", error="invalid_token", error_description="token expired""#
+        );
+        assert_eq!(
+            r.body(),
+            r#"{"error":"invalid_token","error_description":"token expired"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&Reject::NotFound.body()).unwrap();
+        assert_eq!(v["error"], "not_found");
+    }
+}

@@ -1,0 +1,24 @@
+//! portcullis: a JWT-verifying API gateway on Pingora.
+//!
+//! The request path, top to bottom: `config` (file format) → `policy::compile` (immutable
+//! `Policy`) → `proxy::Gateway::request_filter` (route, `auth::check`) → `upstream_peer`
+//! (`upstream::Pool`) → upstream request with claim headers.
+
+pub mod auth;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod mint;
+pub mod observe;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod upstream;
+
+use std::path::Path;
+
+/// Load and compile a config file: what `check` and `run` both do first.
+pub fn load_policy(path: &Path) -> Result<policy::Policy, config::ConfigErrors> {
+    let loaded = config::load(path)?;
+    policy::compile(&loaded)
+}

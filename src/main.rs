@@ -1,0 +1,252 @@
+use clap::{Parser, Subcommand};
+use portcullis::mint::{self, MintOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "A JWT-verifying API gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file.
+    Run {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Validate a config file, like `nginx -t`.
+    Check {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Mint a signed test token.
+    Token {
+        /// Private key: PEM (RSA, EC, Ed25519) or a JWK/JWKS with an `oct` key.
+        #[arg(long, conflicts_with = "secret")]
+        key: Option<PathBuf>,
+        /// HMAC secret.
+        #[arg(long)]
+        secret: Option<String>,
+        /// The secret is base64 (standard or URL-safe).
+        #[arg(long, requires = "secret")]
+        base64: bool,
+        /// Algorithm (default: HS256 for secrets, RS256/ES256/EdDSA from the key type).
+        #[arg(long)]
+        alg: Option<String>,
+        #[arg(long)]
+        kid: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        iss: Option<String>,
+        /// Audience; repeat for several.
+        #[arg(long)]
+        aud: Vec<String>,
+        /// Lifetime, like 1h or 30m; 0 for no `exp`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Extra claim NAME=VALUE; VALUE is JSON if it parses as JSON, else a string.
+        #[arg(long = "claim", value_parser = mint::parse_claim)]
+        claims: Vec<(String, String)>,
+    },
+    /// Run the gateway on the shipped demo config with built-in echo upstreams.
+    Demo {
+        #[arg(short = 'c', long = "config", default_value = "conf/demo.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,portcullis=info"),
+    )
+    .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match portcullis::load_policy(&config) {
+            Ok(p) => {
+                for w in &p.warnings {
+                    eprintln!("warning: {w}");
+                }
+                print!("{}", p.summary());
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!(
+                    "{}: configuration is invalid ({} error{})",
+                    config.display(),
+                    e.errors.len(),
+                    if e.errors.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            init_logging();
+            let policy = match portcullis::load_policy(&config) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("{}: refusing to start", config.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            serve(policy)
+        }
+        Command::Token {
+            key,
+            secret,
+            base64,
+            alg,
+            kid,
+            sub,
+            iss,
+            aud,
+            ttl,
+            claims,
+        } => {
+            let signing = match (&key, &secret) {
+                (Some(path), None) => mint::key_file(path, kid.as_deref()),
+                (None, Some(s)) => mint::secret_key(s, base64),
+                _ => Err("give --key FILE or --secret S".to_string()),
+            };
+            let ttl = match portcullis::config::parse_duration(&ttl) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("--ttl: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = MintOptions {
+                alg,
+                kid,
+                sub,
+                iss,
+                aud,
+                ttl: Some(ttl),
+                claims,
+            };
+            match signing.and_then(|k| mint::mint(&k, &opts, now_secs())) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { config } => {
+            init_logging();
+            demo(&config)
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn serve(policy: portcullis::policy::Policy) -> ExitCode {
+    for w in &policy.warnings {
+        log::warn!("{w}");
+    }
+    let listen: Vec<String> = policy.listen.iter().map(|a| a.to_string()).collect();
+    log::info!(
+        "portcullis {} listening on {} ({} routes)",
+        env!("CARGO_PKG_VERSION"),
+        listen.join(", "),
+        policy.routes.routes().len()
+    );
+    let built = portcullis::server::build(policy);
+    built.server.run_forever()
+}
+
+fn demo(config: &std::path::Path) -> ExitCode {
+    let policy = match portcullis::load_policy(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Echo servers on every loopback peer, kept alive for the life of the process.
+    let mut echoes = Vec::new();
+    for pool in policy.upstreams.values() {
+        for (addr, _) in &pool.peers {
+            if !addr.ip().is_loopback() {
+                continue;
+            }
+            match portcullis::echo::EchoServer::start(&addr.to_string()) {
+                Ok(e) => echoes.push(e),
+                Err(e) => {
+                    eprintln!("demo: cannot start the echo upstream on {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    std::mem::forget(echoes);
+
+    let gw = policy.listen[0];
+    let base = if gw.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", gw.port())
+    } else {
+        format!("http://{gw}")
+    };
+    let protected = policy.routes.routes().iter().find(|r| !r.auth.is_empty());
+    println!("portcullis demo: gateway on {base}, echo upstreams on the configured peers");
+    println!();
+    if let Some(route) = protected {
+        let v = &route.auth[0];
+        let path = format!("{}demo", route.prefix);
+        match v.keys.iter().find_map(|k| k.secret().map(|s| (s, k.kid.clone()))) {
+            Some((secret, kid)) => {
+                let key = mint::SigningKey {
+                    key: jsonwebtoken::EncodingKey::from_secret(secret),
+                    default_alg: jsonwebtoken::Algorithm::HS256,
+                    kid,
+                };
+                let opts = MintOptions {
+                    sub: Some("demo-user".into()),
+                    iss: v.issuers.first().cloned(),
+                    aud: v.audiences.first().cloned().into_iter().collect(),
+                    ttl: Some(std::time::Duration::from_secs(3600)),
+                    ..Default::default()
+                };
+                match mint::mint(&key, &opts, now_secs()) {
+                    Ok(token) => {
+                        println!("# no token: 401 with WWW-Authenticate");
+                        println!("curl -i {base}{path}");
+                        println!("# with a token (valid for 1h): 200, and the upstream sees the claims");
+                        println!("curl -i -H 'Authorization: Bearer {token}' {base}{path}");
+                    }
+                    Err(e) => println!("(could not mint a demo token: {e})"),
+                }
+            }
+            None => println!(
+                "# {path} needs a token signed by policy {:?}; mint one with `portcullis token`",
+                v.name
+            ),
+        }
+    }
+    println!("# a public route: 200 without a token");
+    println!("curl -i {base}/");
+    println!();
+    serve(policy)
+}

@@ -1,0 +1,216 @@
+//! `portcullis token`: mint a signed test token.
+
+use crate::auth::keys::{decode_base64_lenient, pem_block};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// What to put in the token.
+#[derive(Debug, Default, Clone)]
+pub struct MintOptions {
+    pub alg: Option<String>,
+    pub kid: Option<String>,
+    pub sub: Option<String>,
+    pub iss: Option<String>,
+    pub aud: Vec<String>,
+    /// Lifetime; `None` or zero: no `exp`.
+    pub ttl: Option<Duration>,
+    /// Extra claims; values that parse as JSON are used as JSON, others as strings.
+    pub claims: Vec<(String, String)>,
+}
+
+/// A signing key and what it implies.
+pub struct SigningKey {
+    pub key: EncodingKey,
+    pub default_alg: Algorithm,
+    pub kid: Option<String>,
+}
+
+/// A key from `--secret`.
+pub fn secret_key(secret: &str, base64: bool) -> Result<SigningKey, String> {
+    let bytes = if base64 {
+        decode_base64_lenient(secret).ok_or("the secret is not valid base64")?
+    } else {
+        secret.as_bytes().to_vec()
+    };
+    Ok(SigningKey {
+        key: EncodingKey::from_secret(&bytes),
+        default_alg: Algorithm::HS256,
+        kid: None,
+    })
+}
+
+/// A key from `--key FILE`: a PEM private key, or a JWK/JWKS holding an `oct` key.
+/// `kid` picks the key in a JWKS.
+pub fn key_file(path: &Path, kid: Option<&str>) -> Result<SigningKey, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let trimmed = String::from_utf8_lossy(&data);
+    if trimmed.trim_start().starts_with('{') {
+        return jwk_key(&trimmed, kid);
+    }
+    let (label, der) = pem_block(&data)?;
+    if !label.contains("PRIVATE") {
+        return Err(format!(
+            "{path:?} holds a {label}; minting needs the private key"
+        ));
+    }
+    if let Ok(k) = EncodingKey::from_rsa_pem(&data) {
+        return Ok(SigningKey {
+            key: k,
+            default_alg: Algorithm::RS256,
+            kid: None,
+        });
+    }
+    if let Ok(k) = EncodingKey::from_ec_pem(&data) {
+        let p384 = der
+            .windows(7)
+            .any(|w| w == [0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22]);
+        return Ok(SigningKey {
+            key: k,
+            default_alg: if p384 {
+                Algorithm::ES384
+            } else {
+                Algorithm::ES256
+            },
+            kid: None,
+        });
+    }
+    if let Ok(k) = EncodingKey::from_ed_pem(&data) {
+        return Ok(SigningKey {
+            key: k,
+            default_alg: Algorithm::EdDSA,
+            kid: None,
+        });
+    }
+    Err(format!(
+        "{path:?}: not an RSA, EC (P-256/P-384) or Ed25519 private key"
+    ))
+}
+
+fn jwk_key(text: &str, kid: Option<&str>) -> Result<SigningKey, String> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let keys: Vec<&Value> = match doc.get("keys") {
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(_) => return Err("`keys` must be an array".into()),
+        None => vec![&doc],
+    };
+    let jwk = match kid {
+        Some(kid) => keys
+            .iter()
+            .find(|k| k.get("kid").and_then(Value::as_str) == Some(kid))
+            .ok_or_else(|| format!("no key with kid {kid:?}"))?,
+        None => keys.first().ok_or("the JWKS has no keys")?,
+    };
+    if jwk.get("kty").and_then(Value::as_str) != Some("oct") {
+        return Err(
+            "only `oct` (HMAC) JWKs can sign here; for RSA, EC or Ed25519 give a PEM private key"
+                .into(),
+        );
+    }
+    let k = jwk
+        .get("k")
+        .and_then(Value::as_str)
+        .ok_or("the JWK has no `k`")?;
+    let secret = URL_SAFE_NO_PAD
+        .decode(k)
+        .map_err(|_| "`k` is not base64url")?;
+    let default_alg = jwk
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(Algorithm::HS256);
+    Ok(SigningKey {
+        key: EncodingKey::from_secret(&secret),
+        default_alg,
+        kid: jwk.get("kid").and_then(Value::as_str).map(str::to_owned),
+    })
+}
+
+/// Build the claims and sign them.
+pub fn mint(key: &SigningKey, opts: &MintOptions, now: u64) -> Result<String, String> {
+    let alg = match &opts.alg {
+        Some(a) => a
+            .parse::<Algorithm>()
+            .map_err(|_| format!("unknown algorithm {a:?}"))?,
+        None => key.default_alg,
+    };
+    if alg.family() != key.key.family() {
+        return Err(format!(
+            "algorithm {a:?} does not fit this key (it signs {:?})",
+            key.key.family(),
+            a = alg
+        ));
+    }
+    let mut header = Header::new(alg);
+    header.kid = opts.kid.clone().or_else(|| key.kid.clone());
+    let mut claims = Map::new();
+    claims.insert("iat".into(), now.into());
+    if let Some(ttl) = opts.ttl.filter(|t| !t.is_zero()) {
+        claims.insert("exp".into(), (now + ttl.as_secs()).into());
+    }
+    if let Some(s) = &opts.sub {
+        claims.insert("sub".into(), s.clone().into());
+    }
+    if let Some(s) = &opts.iss {
+        claims.insert("iss".into(), s.clone().into());
+    }
+    match opts.aud.len() {
+        0 => {}
+        1 => {
+            claims.insert("aud".into(), opts.aud[0].clone().into());
+        }
+        _ => {
+            claims.insert("aud".into(), opts.aud.clone().into());
+        }
+    }
+    for (k, v) in &opts.claims {
+        let value = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.clone()));
+        claims.insert(k.clone(), value);
+    }
+    encode(&header, &Value::Object(claims), &key.key).map_err(|e| format!("signing failed: {e}"))
+}
+
+/// Parse `--claim k=v`.
+pub fn parse_claim(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_typed() {
+        let key = secret_key("s3cret", false).unwrap();
+        let opts = MintOptions {
+            sub: Some("alice".into()),
+            aud: vec!["a".into(), "b".into()],
+            ttl: Some(Duration::from_secs(60)),
+            claims: vec![
+                ("n".into(), "5".into()),
+                ("admin".into(), "true".into()),
+                ("scope".into(), "read write".into()),
+            ],
+            ..Default::default()
+        };
+        let t = mint(&key, &opts, 1000).unwrap();
+        let payload = t.split('.').nth(1).unwrap();
+        let v: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(v["exp"], 1060);
+        assert_eq!(v["n"], 5);
+        assert_eq!(v["admin"], true);
+        assert_eq!(v["scope"], "read write");
+        assert_eq!(v["aud"], serde_json::json!(["a", "b"]));
+        let bad = MintOptions {
+            alg: Some("RS256".into()),
+            ..Default::default()
+        };
+        assert!(mint(&key, &bad, 0).is_err());
+    }
+}

@@ -1,0 +1,595 @@
+//! `compile(config) -> Policy`: everything the request path needs, built once and immutable.
+//!
+//! Compilation is all or nothing. Any error (an unknown name, an unreadable key, an algorithm
+//! with no key) fails the whole config, so a protected route can never end up unprotected.
+
+pub mod routes;
+
+pub use routes::{HostMatch, Route, RouteTable};
+
+use crate::auth::keys::{load_key_set, KeySet};
+use crate::auth::token::TokenSource;
+use crate::auth::verify::alg_name;
+use crate::auth::Verifier;
+use crate::config::{parse_duration, ConfigError, ConfigErrors, Loaded, PolicyConfig};
+use crate::upstream::{Pool, MAX_WEIGHT};
+use http::{HeaderName, Method};
+use jsonwebtoken::Algorithm;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+/// The compiled configuration.
+#[derive(Debug)]
+pub struct Policy {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub admin: Option<SocketAddr>,
+    pub routes: RouteTable,
+    pub verifiers: BTreeMap<String, Arc<Verifier>>,
+    pub key_sets: BTreeMap<String, KeySet>,
+    pub upstreams: BTreeMap<String, Arc<Pool>>,
+    /// Headers removed from every client request: all `forward_claims`/`forward_payload` names.
+    pub strip_headers: Vec<HeaderName>,
+    /// Non-fatal remarks for the operator.
+    pub warnings: Vec<String>,
+}
+
+/// Headers that carry framing, routing or credentials: never set from a claim.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "authorization",
+    "cookie",
+    "expect",
+];
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Compile a loaded config. On failure, every error found is returned.
+pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let cfg = &loaded.config;
+
+    // server
+    let mut listen = Vec::new();
+    let listen_cfg = cfg.server.listen.to_vec();
+    if listen_cfg.is_empty() {
+        errors.push(ConfigError::new(
+            "server.listen",
+            "at least one address is needed",
+        ));
+    }
+    for (i, a) in listen_cfg.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(s) => listen.push(s),
+            Err(_) => errors.push(ConfigError::new(
+                format!("server.listen[{i}]"),
+                format!("invalid address {a:?}: expected IP:PORT, like 0.0.0.0:8080"),
+            )),
+        }
+    }
+    let threads = match cfg.server.threads {
+        Some(0) => {
+            errors.push(ConfigError::new("server.threads", "must be at least 1"));
+            1
+        }
+        Some(n) if n > 1024 => {
+            errors.push(ConfigError::new(
+                "server.threads",
+                format!("{n} is more than 1024"),
+            ));
+            1
+        }
+        Some(n) => n,
+        None => default_threads(),
+    };
+    let admin = cfg
+        .server
+        .admin
+        .as_ref()
+        .and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(s) => Some(s),
+            Err(_) => {
+                errors.push(ConfigError::new(
+                    "server.admin",
+                    format!("invalid address {a:?}: expected IP:PORT, like 127.0.0.1:9901"),
+                ));
+                None
+            }
+        });
+    if let Some(a) = admin {
+        if listen.contains(&a) {
+            errors.push(ConfigError::new(
+                "server.admin",
+                format!("{a} is also in server.listen"),
+            ));
+        }
+    }
+
+    // upstreams
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &cfg.upstreams {
+        let path = format!("upstreams.{name}");
+        if u.peers.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{path}.peers"),
+                "at least one peer is needed",
+            ));
+            continue;
+        }
+        let mut peers = Vec::new();
+        for (i, p) in u.peers.iter().enumerate() {
+            let ppath = format!("{path}.peers[{i}]");
+            if p.weight() == 0 || p.weight() > MAX_WEIGHT {
+                errors.push(ConfigError::new(
+                    format!("{ppath}.weight"),
+                    format!("weight {} is out of range 1..={MAX_WEIGHT}", p.weight()),
+                ));
+                continue;
+            }
+            match resolve(p.addr()) {
+                Ok(addr) if peers.iter().any(|(a, _)| *a == addr) => errors.push(
+                    ConfigError::new(ppath, format!("peer {addr} is listed twice")),
+                ),
+                Ok(addr) => peers.push((addr, p.weight())),
+                Err(e) => errors.push(ConfigError::new(ppath, e)),
+            }
+        }
+        if peers.len() == u.peers.len() {
+            upstreams.insert(name.clone(), Arc::new(Pool::new(name, peers)));
+        }
+    }
+
+    // keys
+    let mut key_sets = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for (name, k) in &cfg.keys {
+        match load_key_set(name, k, loaded) {
+            Ok(set) => {
+                warnings.extend(set.warnings.iter().cloned());
+                key_sets.insert(name.clone(), set);
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+
+    // auth policies
+    let mut verifiers = BTreeMap::new();
+    let mut strip_headers: Vec<HeaderName> = Vec::new();
+    for (name, p) in &cfg.auth {
+        if let Some(v) = compile_policy(name, p, &cfg.keys, &key_sets, &mut errors) {
+            for (h, _) in &v.forward_claims {
+                if !strip_headers.contains(h) {
+                    strip_headers.push(h.clone());
+                }
+            }
+            if let Some(h) = &v.forward_payload {
+                if !strip_headers.contains(h) {
+                    strip_headers.push(h.clone());
+                }
+            }
+            verifiers.insert(name.clone(), Arc::new(v));
+        }
+    }
+
+    // routes
+    let mut routes = Vec::new();
+    if cfg.routes.is_empty() {
+        errors.push(ConfigError::new("routes", "at least one route is needed"));
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let before = errors.len();
+        if !r.prefix.starts_with('/') {
+            errors.push(ConfigError::new(
+                format!("{path}.prefix"),
+                format!("{:?} must start with /", r.prefix),
+            ));
+        }
+        let upstream = upstreams.get(&r.upstream).cloned();
+        if upstream.is_none() && !cfg.upstreams.contains_key(&r.upstream) {
+            errors.push(ConfigError::new(
+                format!("{path}.upstream"),
+                format!(
+                    "unknown upstream {:?} (defined: {})",
+                    r.upstream,
+                    names(cfg.upstreams.keys())
+                ),
+            ));
+        }
+        let mut auth = Vec::new();
+        let policy_names = r.auth.as_ref().map(|a| a.to_vec()).unwrap_or_default();
+        if r.auth.is_some() && policy_names.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{path}.auth"),
+                "an empty list; leave `auth` out for a public route",
+            ));
+        }
+        for p in &policy_names {
+            match verifiers.get(p) {
+                Some(v) => auth.push(v.clone()),
+                None if cfg.auth.contains_key(p) => {} // its own errors are reported
+                None => errors.push(ConfigError::new(
+                    format!("{path}.auth"),
+                    format!(
+                        "unknown auth policy {p:?} (defined: {})",
+                        names(cfg.auth.keys())
+                    ),
+                )),
+            }
+        }
+        let host = match &r.host {
+            None => HostMatch::Any,
+            Some(h) => HostMatch::parse(h).unwrap_or_else(|e| {
+                errors.push(ConfigError::new(format!("{path}.host"), e));
+                HostMatch::Any
+            }),
+        };
+        let methods = r.methods.as_ref().map(|ms| {
+            let mut out = Vec::new();
+            for m in ms {
+                let ok = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase());
+                match Method::from_bytes(m.as_bytes()) {
+                    Ok(method) if ok => out.push(method),
+                    _ => errors.push(ConfigError::new(
+                        format!("{path}.methods"),
+                        format!("invalid method {m:?} (upper case, like GET)"),
+                    )),
+                }
+            }
+            if ms.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{path}.methods"),
+                    "an empty list; leave `methods` out to allow every method",
+                ));
+            }
+            out
+        });
+        // A route whose policy failed is never built: fail closed.
+        let complete = auth.len() == policy_names.len();
+        if let (Some(upstream), true, true) = (upstream, errors.len() == before, complete) {
+            let mut id = String::new();
+            match &host {
+                HostMatch::Any => {}
+                HostMatch::Exact(h) => id.push_str(h),
+                HostMatch::Suffix(s) => {
+                    let _ = write!(id, "*{s}");
+                }
+            }
+            id.push_str(&r.prefix);
+            if let Some(ms) = &methods {
+                let list: Vec<&str> = ms.iter().map(Method::as_str).collect();
+                let _ = write!(id, " [{}]", list.join(","));
+            }
+            routes.push((
+                i,
+                Route {
+                    id,
+                    prefix: r.prefix.clone(),
+                    host,
+                    methods,
+                    upstream,
+                    auth,
+                },
+            ));
+        }
+    }
+    let routes = match RouteTable::new(routes) {
+        Ok(t) => t,
+        Err(es) => {
+            for (i, e) in es {
+                errors.push(ConfigError::new(format!("routes[{i}]"), e));
+            }
+            RouteTable::default()
+        }
+    };
+
+    for (name, _) in cfg.keys.iter().filter(|(n, _)| {
+        !cfg.auth
+            .values()
+            .any(|p| p.keys.to_vec().iter().any(|k| &k == n))
+    }) {
+        warnings.push(format!("keys.{name}: not used by any auth policy"));
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors {
+            file: loaded.file.clone(),
+            errors,
+        });
+    }
+    Ok(Policy {
+        listen,
+        threads,
+        admin,
+        routes,
+        verifiers,
+        key_sets,
+        upstreams,
+        strip_headers,
+        warnings,
+    })
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("peer {addr:?} needs a port, like {addr}:80"));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve peer {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("peer {addr:?} resolves to no address"))
+}
+
+fn compile_policy(
+    name: &str,
+    p: &PolicyConfig,
+    key_cfgs: &BTreeMap<String, crate::config::KeySetConfig>,
+    key_sets: &BTreeMap<String, KeySet>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Verifier> {
+    let path = format!("auth.{name}");
+    let before = errors.len();
+
+    let mut keys = Vec::new();
+    let set_names = p.keys.to_vec();
+    if set_names.is_empty() {
+        errors.push(ConfigError::new(format!("{path}.keys"), "no key set named"));
+    }
+    let mut all_loaded = true;
+    for k in &set_names {
+        match key_sets.get(k) {
+            Some(set) => keys.extend(set.keys.iter().cloned()),
+            None if key_cfgs.contains_key(k) => all_loaded = false,
+            None => {
+                all_loaded = false;
+                errors.push(ConfigError::new(
+                    format!("{path}.keys"),
+                    format!(
+                        "unknown key set {k:?} (defined: {})",
+                        names(key_cfgs.keys())
+                    ),
+                ))
+            }
+        }
+    }
+
+    let mut algorithms = Vec::new();
+    if p.algorithms.is_empty() {
+        errors.push(ConfigError::new(
+            format!("{path}.algorithms"),
+            "list the algorithms your issuer signs with, e.g. [RS256]",
+        ));
+    }
+    for a in &p.algorithms {
+        if a.eq_ignore_ascii_case("none") {
+            errors.push(ConfigError::new(
+                format!("{path}.algorithms"),
+                "\"none\" (unsigned tokens) is never allowed",
+            ));
+            continue;
+        }
+        match a.parse::<Algorithm>() {
+            Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+            Ok(_) => {}
+            Err(_) => errors.push(ConfigError::new(
+                format!("{path}.algorithms"),
+                format!(
+                    "unknown algorithm {a:?} (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
+                ),
+            )),
+        }
+    }
+    if all_loaded {
+        for alg in &algorithms {
+            if !keys.iter().any(|k| k.accepts(*alg)) {
+                errors.push(ConfigError::new(
+                    format!("{path}.algorithms"),
+                    format!(
+                        "{} has no matching key in key set(s) {} (they hold: {})",
+                        alg_name(*alg),
+                        set_names.join(", "),
+                        describe_keys(&keys)
+                    ),
+                ));
+            }
+        }
+    }
+
+    let realm = p.realm.clone().unwrap_or_else(|| name.to_string());
+    if realm.chars().any(|c| c.is_control()) {
+        errors.push(ConfigError::new(
+            format!("{path}.realm"),
+            "control characters are not allowed",
+        ));
+    }
+
+    let mut sources = Vec::new();
+    match &p.token_from {
+        None => sources.push(TokenSource::Bearer),
+        Some(list) if list.is_empty() => errors.push(ConfigError::new(
+            format!("{path}.token_from"),
+            "an empty list; leave it out for [bearer]",
+        )),
+        Some(list) => {
+            for s in list {
+                match TokenSource::parse(s) {
+                    Ok(src) => sources.push(src),
+                    Err(e) => errors.push(ConfigError::new(format!("{path}.token_from"), e)),
+                }
+            }
+        }
+    }
+
+    let strings = |field: &str, v: &Option<crate::config::OneOrMany<String>>| {
+        let list = v.as_ref().map(|v| v.to_vec()).unwrap_or_default();
+        let bad = (v.is_some() && list.is_empty()) || list.iter().any(|s| s.is_empty());
+        (list, bad.then(|| format!("{path}.{field}")))
+    };
+    let (issuers, bad_iss) = strings("issuer", &p.issuer);
+    let (audiences, bad_aud) = strings("audience", &p.audience);
+    for bad in [bad_iss, bad_aud].into_iter().flatten() {
+        errors.push(ConfigError::new(bad, "empty values are not allowed"));
+    }
+
+    let leeway = match &p.leeway {
+        None => 0.0,
+        Some(s) => match parse_duration(s) {
+            Ok(d) if d.as_secs() <= 3600 => d.as_secs_f64(),
+            Ok(_) => {
+                errors.push(ConfigError::new(
+                    format!("{path}.leeway"),
+                    format!("{s:?} is more than 1h"),
+                ));
+                0.0
+            }
+            Err(e) => {
+                errors.push(ConfigError::new(format!("{path}.leeway"), e));
+                0.0
+            }
+        },
+    };
+
+    let mut header = |field: String, h: &str| -> Option<HeaderName> {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) if RESERVED_HEADERS.contains(&n.as_str()) => {
+                errors.push(ConfigError::new(
+                    field,
+                    format!("{h:?} cannot be set from a token"),
+                ));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                errors.push(ConfigError::new(
+                    field,
+                    format!("invalid header name {h:?}"),
+                ));
+                None
+            }
+        }
+    };
+    let mut forward_claims = Vec::new();
+    for (h, claim) in &p.forward_claims {
+        if let Some(n) = header(format!("{path}.forward_claims.{h}"), h) {
+            forward_claims.push((n, claim.clone()));
+        }
+    }
+    let forward_payload = p
+        .forward_payload
+        .as_ref()
+        .and_then(|h| header(format!("{path}.forward_payload"), h));
+
+    if errors.len() != before {
+        return None;
+    }
+    Some(Verifier {
+        name: name.to_string(),
+        realm,
+        algorithms,
+        keys,
+        sources,
+        issuers,
+        audiences,
+        leeway,
+        require_exp: p.require_exp,
+        forward_claims,
+        forward_payload,
+    })
+}
+
+fn describe_keys(keys: &[Arc<crate::auth::keys::Key>]) -> String {
+    let mut kinds: Vec<String> = keys
+        .iter()
+        .map(|k| match (k.family, k.curve) {
+            (jsonwebtoken::AlgorithmFamily::Hmac, _) => "HMAC secret".to_string(),
+            (jsonwebtoken::AlgorithmFamily::Rsa, _) => "RSA key".to_string(),
+            (_, Some(c)) => format!("{c:?} key"),
+            (f, None) => format!("{f:?} key"),
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    if kinds.is_empty() {
+        "no keys".into()
+    } else {
+        kinds.join(", ")
+    }
+}
+
+impl Policy {
+    /// The one-screen summary printed by `check`.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "listen {}  threads {}  admin {}",
+            listen.join(", "),
+            self.threads,
+            self.admin.map_or("off".to_string(), |a| a.to_string())
+        );
+        let _ = writeln!(s, "routes ({}):", self.routes.routes().len());
+        for r in self.routes.routes() {
+            let auth = if r.auth.is_empty() {
+                "public".to_string()
+            } else {
+                let names: Vec<&str> = r.auth.iter().map(|v| v.name.as_str()).collect();
+                format!("auth {}", names.join(" | "))
+            };
+            let _ = writeln!(s, "  {:<28} -> {:<14} {auth}", r.id, r.upstream.name);
+        }
+        let _ = writeln!(s, "auth policies ({}):", self.verifiers.len());
+        for (name, v) in &self.verifiers {
+            let algs: Vec<&str> = v.algorithms.iter().map(|a| alg_name(*a)).collect();
+            let _ = writeln!(
+                s,
+                "  {name:<16} {} key(s), algorithms {}, realm {:?}",
+                v.keys.len(),
+                algs.join(","),
+                v.realm
+            );
+        }
+        let _ = writeln!(s, "upstreams ({}):", self.upstreams.len());
+        for (name, u) in &self.upstreams {
+            let peers: Vec<String> = u
+                .peers
+                .iter()
+                .map(|(a, w)| {
+                    if *w == 1 {
+                        a.to_string()
+                    } else {
+                        format!("{a} (weight {w})")
+                    }
+                })
+                .collect();
+            let _ = writeln!(s, "  {name:<16} {}", peers.join(", "));
+        }
+        s
+    }
+}

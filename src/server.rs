@@ -1,0 +1,59 @@
+//! Build the Pingora server for a compiled policy: the proxy service and the admin service.
+
+use crate::observe::Admin;
+use crate::policy::Policy;
+use crate::proxy::Gateway;
+use arc_swap::ArcSwap;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+
+/// Seconds the runtime gets to finish requests in flight after SIGTERM.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+
+/// A ready-to-run server and a handle on the policy it serves.
+pub struct Built {
+    pub server: Server,
+    pub policy: Arc<ArcSwap<Policy>>,
+}
+
+/// Build (but do not start) the server. Listening sockets are bound when it runs.
+pub fn build(policy: Policy) -> Built {
+    let conf = ServerConf {
+        threads: policy.threads,
+        // Stop promptly: no grace period for a socket hand-over we do not use, and a short
+        // window for requests in flight.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let listen = policy.listen.clone();
+    let admin = policy.admin;
+    let shared = Arc::new(ArcSwap::from_pointee(policy));
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "portcullis proxy",
+    );
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = admin {
+        let mut svc = Service::new("portcullis admin".to_string(), HttpServer::new_app(Admin));
+        svc.add_tcp(&addr.to_string());
+        // One thread is plenty for health checks and scrapes.
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
+    Built {
+        server,
+        policy: shared,
+    }
+}
