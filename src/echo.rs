@@ -99,16 +99,13 @@ fn serve(conn: TcpStream, me: SocketAddr, hits: &AtomicUsize) -> io::Result<()> 
                 .map(|(_, v)| v.clone())
         };
         let mut body = Vec::new();
-        if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-        {
+        if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
             loop {
                 let mut size_line = String::new();
                 reader.read_line(&mut size_line)?;
-                let size = usize::from_str_radix(
-                    size_line.trim().split(';').next().unwrap_or("0"),
-                    16,
-                )
-                .map_err(|_| io::Error::other("bad chunk size"))?;
+                let size =
+                    usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
+                        .map_err(|_| io::Error::other("bad chunk size"))?;
                 if size == 0 {
                     // trailers until an empty line
                     loop {

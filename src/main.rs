@@ -215,7 +215,11 @@ fn demo(config: &std::path::Path) -> ExitCode {
     if let Some(route) = protected {
         let v = &route.auth[0];
         let path = format!("{}demo", route.prefix);
-        match v.keys.iter().find_map(|k| k.secret().map(|s| (s, k.kid.clone()))) {
+        match v
+            .keys
+            .iter()
+            .find_map(|k| k.secret().map(|s| (s, k.kid.clone())))
+        {
             Some((secret, kid)) => {
                 let key = mint::SigningKey {
                     key: jsonwebtoken::EncodingKey::from_secret(secret),
@@ -233,7 +237,9 @@ fn demo(config: &std::path::Path) -> ExitCode {
                     Ok(token) => {
                         println!("# no token: 401 with WWW-Authenticate");
                         println!("curl -i {base}{path}");
-                        println!("# with a token (valid for 1h): 200, and the upstream sees the claims");
+                        println!(
+                            "# with a token (valid for 1h): 200, and the upstream sees the claims"
+                        );
                         println!("curl -i -H 'Authorization: Bearer {token}' {base}{path}");
                     }
                     Err(e) => println!("(could not mint a demo token: {e})"),

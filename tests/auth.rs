@@ -93,7 +93,10 @@ fn no_token_is_401_with_a_bearer_challenge_and_nothing_upstream() {
     let s = setup();
     let r = s.gw.get("/hs/items", &[]);
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="HS API""#));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="HS API""#)
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.json()["error"], "unauthorized");
     // Another scheme is no bearer token either.
@@ -148,9 +151,15 @@ fn client_copies_of_forwarded_headers_are_replaced_or_removed() {
     assert_eq!(r.upstream_headers("x-user"), vec!["alice".to_string()]);
     assert!(r.upstream_headers("x-admin").is_empty());
     assert_eq!(r.upstream_headers("x-jwt-payload").len(), 1);
-    assert_ne!(r.upstream_header("x-jwt-payload").as_deref(), Some("forged"));
+    assert_ne!(
+        r.upstream_header("x-jwt-payload").as_deref(),
+        Some("forged")
+    );
     // Public routes too: the headers of every policy are stripped.
-    let r = s.gw.get("/public", &[("X-User", "mallory"), ("x-jwt-payload", "forged")]);
+    let r = s.gw.get(
+        "/public",
+        &[("X-User", "mallory"), ("x-jwt-payload", "forged")],
+    );
     assert_eq!(r.status, 200);
     assert!(r.upstream_headers("x-user").is_empty());
     assert!(r.upstream_headers("x-jwt-payload").is_empty());
@@ -167,7 +176,10 @@ fn expired_and_not_yet_valid_tokens_respect_leeway() {
     let before = s.echo.hits();
     assert_eq!(before, 1);
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").unwrap().contains("token expired"));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("token expired"));
     let mut c = good_hs_claims();
     c["nbf"] = json!(now() + 60);
     let r = s.gw.bearer("/hs/x", &hs256(SECRET, &c));
@@ -184,10 +196,18 @@ fn wrong_issuer_or_audience() {
     let s = setup();
     let mut c = good_hs_claims();
     c["iss"] = json!("someone-else");
-    assert_invalid(&s, &s.gw.bearer("/hs/x", &hs256(SECRET, &c)), "issuer not allowed");
+    assert_invalid(
+        &s,
+        &s.gw.bearer("/hs/x", &hs256(SECRET, &c)),
+        "issuer not allowed",
+    );
     let mut c = good_hs_claims();
     c["aud"] = json!(["other"]);
-    assert_invalid(&s, &s.gw.bearer("/hs/x", &hs256(SECRET, &c)), "audience not allowed");
+    assert_invalid(
+        &s,
+        &s.gw.bearer("/hs/x", &hs256(SECRET, &c)),
+        "audience not allowed",
+    );
     let mut c = good_hs_claims();
     c["aud"] = json!(["other", "web"]);
     assert_eq!(s.gw.bearer("/hs/x", &hs256(SECRET, &c)).status, 200);
@@ -255,8 +275,7 @@ fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let (_, der) = portcullis::auth::keys::pem_block(&pem).unwrap();
     let t = hs256(&der, &claims);
     assert_invalid(&s, &s.gw.bearer("/rs/x", &t), "algorithm not allowed");
-    let jwks: Value =
-        serde_json::from_slice(&read_key("jwks.json")).unwrap();
+    let jwks: Value = serde_json::from_slice(&read_key("jwks.json")).unwrap();
     let n = jwks["keys"][0]["n"].as_str().unwrap();
     let t = hs256(n.as_bytes(), &claims);
     assert_invalid(&s, &s.gw.bearer("/set/x", &t), "algorithm not allowed");
@@ -313,13 +332,21 @@ fn string_exp_is_refused() {
         r#"{"alg":"HS256"}"#,
         r#"{"sub":"alice","iss":"tests","aud":"api","exp":"9999999999"}"#,
     );
-    assert_invalid(&s, &s.gw.bearer("/hs/x", &t), "exp, nbf or iat is not a number");
+    assert_invalid(
+        &s,
+        &s.gw.bearer("/hs/x", &t),
+        "exp, nbf or iat is not a number",
+    );
     let t = hs256_raw(
         SECRET,
         r#"{"alg":"HS256"}"#,
         r#"{"sub":"alice","iss":"tests","aud":"api","nbf":"0"}"#,
     );
-    assert_invalid(&s, &s.gw.bearer("/hs/x", &t), "exp, nbf or iat is not a number");
+    assert_invalid(
+        &s,
+        &s.gw.bearer("/hs/x", &t),
+        "exp, nbf or iat is not a number",
+    );
 }
 
 #[test]
@@ -372,7 +399,10 @@ fn huge_tokens_get_a_4xx_and_the_gateway_stays_up() {
     let big = "a".repeat(20_000);
     let r = s.gw.bearer("/hs/x", &format!("{big}.{big}.{big}"));
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").unwrap().contains("token too large"));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("token too large"));
     // 500 kB: still a clean 4xx, never a 5xx.
     let huge = "a".repeat(500_000);
     let raw = format!(
@@ -396,7 +426,12 @@ fn every_algorithm_family_verifies() {
     ];
     for (path, t) in &cases {
         let r = s.gw.bearer(path, t);
-        assert_eq!(r.status, 200, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     // A JWKS picks the key by kid.
     let mut h = Header::new(Algorithm::RS256);
@@ -413,7 +448,10 @@ fn every_algorithm_family_verifies() {
     let t = sign_pem_with_header(h, "rsa2_private.pem", &c);
     let r = s.gw.bearer("/set/x", &t);
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").unwrap().contains("unknown key id"));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("unknown key id"));
     // A key of the wrong family for the route.
     let t = sign_pem(Algorithm::ES256, "ec_private.pem", &c);
     assert_eq!(s.gw.bearer("/rs/x", &t).status, 401);
@@ -433,7 +471,8 @@ fn token_sources_query_cookie_and_header() {
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "unauthorized");
     // A bad token in the first source that has one is an invalid token.
-    let r = s.gw.get("/sources/x?apijwt=bad.token.here", &[("X-Api-Token", &t)]);
+    let r =
+        s.gw.get("/sources/x?apijwt=bad.token.here", &[("X-Api-Token", &t)]);
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "invalid_token");
     assert_eq!(s.echo.hits(), 3);
@@ -442,7 +481,11 @@ fn token_sources_query_cookie_and_header() {
 #[test]
 fn any_of_policies() {
     let s = setup();
-    let rs = sign_pem(Algorithm::RS256, "rsa_private.pem", &json!({"sub": "from-rs"}));
+    let rs = sign_pem(
+        Algorithm::RS256,
+        "rsa_private.pem",
+        &json!({"sub": "from-rs"}),
+    );
     let hs = hs256(SECRET, &good_hs_claims());
     let r = s.gw.bearer("/either/x", &rs);
     assert_eq!(r.status, 200);
@@ -458,7 +501,10 @@ fn any_of_policies() {
         .unwrap()
         .starts_with(r#"Bearer realm="RS API""#));
     let r = s.gw.get("/either/x", &[]);
-    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="RS API""#));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="RS API""#)
+    );
 }
 
 #[test]
@@ -474,5 +520,8 @@ fn claims_that_cannot_be_headers_are_refused() {
     c["scope"] = json!(["a", "b"]);
     let r = s.gw.bearer("/hs/x", &hs256(SECRET, &c));
     assert_eq!(r.upstream_header("x-admin").as_deref(), Some("true"));
-    assert_eq!(r.upstream_header("x-scope").as_deref(), Some(r#"["a","b"]"#));
+    assert_eq!(
+        r.upstream_header("x-scope").as_deref(),
+        Some(r#"["a","b"]"#)
+    );
 }

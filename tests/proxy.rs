@@ -27,7 +27,10 @@ fn public_route_is_proxied_unchanged() {
     assert_eq!(doc["body"], "hello upstream");
     assert_eq!(r.upstream_header("x-custom").as_deref(), Some("v1"));
     // Response status and headers come back as the upstream sent them.
-    assert_eq!(r.header("x-echo-peer"), Some(echo.addr.to_string().as_str()));
+    assert_eq!(
+        r.header("x-echo-peer"),
+        Some(echo.addr.to_string().as_str())
+    );
     let r = gw.get("/missing?echo_status=404", &[]);
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["path"], "/missing?echo_status=404");
@@ -90,7 +93,11 @@ fn dot_segments_are_refused() {
         "upstreams:\n  api: {{peers: [\"{}\"]}}\nkeys:\n  k: {{secret: \"0123456789abcdef0123456789abcdef\"}}\nauth:\n  p: {{keys: k, algorithms: [HS256]}}\nroutes:\n  - {{prefix: /admin/, upstream: api, auth: p}}\n  - {{prefix: /, upstream: api}}\n",
         echo.addr
     ));
-    for path in ["/public/../admin/x", "/public/%2e%2e/admin/x", "/public%2f..%2fadmin/x"] {
+    for path in [
+        "/public/../admin/x",
+        "/public/%2e%2e/admin/x",
+        "/public%2f..%2fadmin/x",
+    ] {
         let r = gw.get(path, &[]);
         assert_eq!(r.status, 400, "{path}");
     }
@@ -109,7 +116,9 @@ fn weighted_round_robin_spreads_requests() {
     for _ in 0..40 {
         let r = gw.get("/x", &[]);
         assert_eq!(r.status, 200);
-        *seen.entry(r.json()["peer"].as_str().unwrap().to_string()).or_default() += 1;
+        *seen
+            .entry(r.json()["peer"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     assert_eq!(seen[&a.addr.to_string()], 10, "{seen:?}");
     assert_eq!(seen[&b.addr.to_string()], 30, "{seen:?}");

@@ -57,10 +57,7 @@ pub fn check(policies: &[Arc<Verifier>], req: &RequestHeader, now: f64) -> Resul
     }
     let (i, error) = first_error.unwrap_or((0, AuthError::Missing));
     Err(Reject::Unauthorized {
-        realm: policies
-            .get(i)
-            .map(|p| p.realm.clone())
-            .unwrap_or_default(),
+        realm: policies.get(i).map(|p| p.realm.clone()).unwrap_or_default(),
         error,
     })
 }

@@ -26,7 +26,9 @@ impl TokenSource {
             return Ok(TokenSource::Bearer);
         }
         let (kind, name) = s.split_once(':').ok_or_else(|| {
-            format!("invalid token source {s:?}: use bearer, header:NAME, cookie:NAME or query:NAME")
+            format!(
+                "invalid token source {s:?}: use bearer, header:NAME, cookie:NAME or query:NAME"
+            )
         })?;
         if name.is_empty() {
             return Err(format!("invalid token source {s:?}: the name is empty"));
@@ -151,8 +153,14 @@ mod tests {
                 "{h}"
             );
         }
-        assert_eq!(got("bearer", &req("/", &[("authorization", "Basic abc")])), None);
-        assert_eq!(got("bearer", &req("/", &[("authorization", "Bearer")])), None);
+        assert_eq!(
+            got("bearer", &req("/", &[("authorization", "Basic abc")])),
+            None
+        );
+        assert_eq!(
+            got("bearer", &req("/", &[("authorization", "Bearer")])),
+            None
+        );
         assert_eq!(got("bearer", &req("/", &[])), None);
     }
 

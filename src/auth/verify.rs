@@ -316,7 +316,10 @@ mod tests {
             );
             assert!(v.verify(&t, 1.0).is_err(), "{alg}");
             let t = format!("{t}c2ln");
-            assert_eq!(v.verify(&t, 1.0).unwrap_err(), AuthError::AlgorithmNotAllowed);
+            assert_eq!(
+                v.verify(&t, 1.0).unwrap_err(),
+                AuthError::AlgorithmNotAllowed
+            );
         }
         let t = sign_raw(r#"{"alg":"HS256","crit":["exp"]}"#, r#"{"sub":"a"}"#);
         assert_eq!(v.verify(&t, 1.0).unwrap_err(), AuthError::UnsupportedCrit);
@@ -344,7 +347,16 @@ mod tests {
     #[test]
     fn malformed_shapes() {
         let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
-        for t in ["", "a", "a.b", "a.b.c.d", "..", "a..c", "!!.??.**", "a.b.c.d.e"] {
+        for t in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "..",
+            "a..c",
+            "!!.??.**",
+            "a.b.c.d.e",
+        ] {
             assert!(v.verify(t, 1.0).is_err(), "{t}");
         }
         assert_eq!(
@@ -360,9 +372,7 @@ mod tests {
         let mut v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
         v.issuers = vec!["me".into()];
         v.audiences = vec!["api".into(), "web".into()];
-        assert!(v
-            .verify(&hs(json!({"iss":"me","aud":"web"})), 1.0)
-            .is_ok());
+        assert!(v.verify(&hs(json!({"iss":"me","aud":"web"})), 1.0).is_ok());
         assert!(v
             .verify(&hs(json!({"iss":"me","aud":["x","api"]})), 1.0)
             .is_ok());

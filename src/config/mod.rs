@@ -11,7 +11,7 @@ pub use duration::parse_duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -81,6 +81,40 @@ pub struct Config {
     pub keys: BTreeMap<String, KeySetConfig>,
     pub auth: BTreeMap<String, PolicyConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `section.name` of entries that are present but failed to parse (already reported):
+    /// references to them are not reported again as unknown.
+    pub broken: BTreeSet<String>,
+}
+
+impl Config {
+    /// Is `name` an entry of `section` (parsed or not)?
+    pub fn defines(&self, section: &str, name: &str) -> bool {
+        let parsed = match section {
+            "upstreams" => self.upstreams.contains_key(name),
+            "keys" => self.keys.contains_key(name),
+            "auth" => self.auth.contains_key(name),
+            _ => false,
+        };
+        parsed || self.broken.contains(&format!("{section}.{name}"))
+    }
+
+    /// Every name defined in `section`, parsed or not, for "(defined: ...)" hints.
+    pub fn names(&self, section: &str) -> Vec<String> {
+        let mut out: Vec<String> = match section {
+            "upstreams" => self.upstreams.keys().cloned().collect(),
+            "keys" => self.keys.keys().cloned().collect(),
+            "auth" => self.auth.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let prefix = format!("{section}.");
+        out.extend(
+            self.broken
+                .iter()
+                .filter_map(|b| b.strip_prefix(&prefix).map(str::to_owned)),
+        );
+        out.sort();
+        out
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +232,9 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// Position in the file's `routes` list (for error paths).
+    #[serde(skip)]
+    pub index: usize,
     pub prefix: String,
     pub upstream: String,
     pub auth: Option<OneOrMany<String>>,
@@ -211,6 +248,9 @@ pub struct Loaded {
     pub file: PathBuf,
     pub base_dir: PathBuf,
     pub config: Config,
+    /// Structural errors of entries that were left out of `config`; `compile` reports them
+    /// together with its own.
+    pub errors: Vec<ConfigError>,
 }
 
 impl Loaded {
@@ -227,8 +267,9 @@ impl Loaded {
 
 const SECTIONS: &[&str] = &["server", "upstreams", "keys", "auth", "routes"];
 
-/// Read and parse a config file. Structural errors (syntax, unknown fields, wrong types) are all
-/// collected; semantic checks happen in `policy::compile`.
+/// Read and parse a config file. A file that cannot be read or is not YAML is an error here;
+/// entries with structural errors (unknown fields, wrong types) are left out of the config and
+/// their errors kept in `Loaded::errors`, so that `policy::compile` can report them with its own.
 pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
     let fail = |errors: Vec<ConfigError>| ConfigErrors {
         file: file.to_path_buf(),
@@ -236,7 +277,7 @@ pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
     };
     let text = std::fs::read_to_string(file)
         .map_err(|e| fail(vec![ConfigError::new("", format!("cannot read file: {e}"))]))?;
-    let config = parse(&text).map_err(fail)?;
+    let (config, errors) = parse(&text).map_err(fail)?;
     let base_dir = file
         .parent()
         .map(|p| {
@@ -251,11 +292,14 @@ pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
         file: file.to_path_buf(),
         base_dir,
         config,
+        errors,
     })
 }
 
-/// Parse YAML text into a `Config`, collecting every structural error.
-pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+/// Parse YAML text into a `Config` of the entries that parsed, and every structural error.
+/// Only text that is not a YAML mapping at all is an `Err`.
+#[allow(clippy::type_complexity)]
+pub fn parse(text: &str) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
     let root: Value = serde_yaml::from_str(text).map_err(|e| {
         let msg = match e.location() {
             Some(loc) => format!(
@@ -295,14 +339,18 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                     config.server = s;
                 }
             }
-            "upstreams" => config.upstreams = named(&key, v, &mut errors),
-            "keys" => config.keys = named(&key, v, &mut errors),
-            "auth" => config.auth = named(&key, v, &mut errors),
+            "upstreams" => config.upstreams = named(&key, v, &mut errors, &mut config.broken),
+            "keys" => config.keys = named(&key, v, &mut errors, &mut config.broken),
+            "auth" => config.auth = named(&key, v, &mut errors, &mut config.broken),
             "routes" => match v {
                 Value::Sequence(items) => {
                     for (i, item) in items.into_iter().enumerate() {
-                        if let Some(r) = entry(&format!("routes[{i}]"), item, &mut errors) {
-                            config.routes.push(r);
+                        let path = format!("routes[{i}]");
+                        match entry::<RouteConfig>(&path, item, &mut errors) {
+                            Some(r) => config.routes.push(RouteConfig { index: i, ..r }),
+                            None => {
+                                config.broken.insert(path);
+                            }
                         }
                     }
                 }
@@ -311,15 +359,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             },
             other => errors.push(ConfigError::new(
                 other,
-                format!("unknown field `{other}`, expected one of {}", SECTIONS.join(", ")),
+                format!(
+                    "unknown field `{other}`, expected one of {}",
+                    SECTIONS.join(", ")
+                ),
             )),
         }
     }
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(errors)
-    }
+    Ok((config, errors))
 }
 
 /// Deserialize one entry, recording its error under `path`.
@@ -338,6 +385,7 @@ fn named<T: DeserializeOwned>(
     section: &str,
     v: Value,
     errors: &mut Vec<ConfigError>,
+    broken: &mut BTreeSet<String>,
 ) -> BTreeMap<String, T> {
     let mut out = BTreeMap::new();
     match v {
@@ -347,13 +395,22 @@ fn named<T: DeserializeOwned>(
                     errors.push(ConfigError::new(section, format!("non-string name {k:?}")));
                     continue;
                 };
-                if let Some(t) = entry(&format!("{section}.{name}"), v, errors) {
-                    out.insert(name.to_string(), t);
+                let path = format!("{section}.{name}");
+                match entry(&path, v, errors) {
+                    Some(t) => {
+                        out.insert(name.to_string(), t);
+                    }
+                    None => {
+                        broken.insert(path);
+                    }
                 }
             }
         }
         Value::Null => {}
-        _ => errors.push(ConfigError::new(section, "must be a mapping of names to entries")),
+        _ => errors.push(ConfigError::new(
+            section,
+            "must be a mapping of names to entries",
+        )),
     }
     out
 }
@@ -385,7 +442,11 @@ routes:
   - {prefix: /x, upstream: b}
 whatever: 1
 "#;
-        let errs = parse(text).unwrap_err();
+        let (config, errs) = parse(text).unwrap();
+        assert!(config.defines("upstreams", "a"));
+        assert!(config.defines("upstreams", "b"));
+        assert!(!config.defines("upstreams", "c"));
+        assert_eq!(config.routes.len(), 1);
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -404,10 +465,11 @@ whatever: 1
 
     #[test]
     fn peers_in_both_forms() {
-        let c = parse(
+        let (c, errs) = parse(
             "upstreams:\n  a:\n    peers: [\"127.0.0.1:1\", {addr: \"127.0.0.1:2\", weight: 3}]\n",
         )
         .unwrap();
+        assert!(errs.is_empty());
         let peers = &c.upstreams["a"].peers;
         assert_eq!(peers[0].weight(), 1);
         assert_eq!(peers[1].addr(), "127.0.0.1:2");

@@ -60,7 +60,7 @@ fn default_threads() -> usize {
 
 /// Compile a loaded config. On failure, every error found is returned.
 pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
-    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut errors: Vec<ConfigError> = loaded.errors.clone();
     let cfg = &loaded.config;
 
     // server
@@ -141,9 +141,10 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
                 continue;
             }
             match resolve(p.addr()) {
-                Ok(addr) if peers.iter().any(|(a, _)| *a == addr) => errors.push(
-                    ConfigError::new(ppath, format!("peer {addr} is listed twice")),
-                ),
+                Ok(addr) if peers.iter().any(|(a, _)| *a == addr) => errors.push(ConfigError::new(
+                    ppath,
+                    format!("peer {addr} is listed twice"),
+                )),
                 Ok(addr) => peers.push((addr, p.weight())),
                 Err(e) => errors.push(ConfigError::new(ppath, e)),
             }
@@ -170,7 +171,7 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
     let mut verifiers = BTreeMap::new();
     let mut strip_headers: Vec<HeaderName> = Vec::new();
     for (name, p) in &cfg.auth {
-        if let Some(v) = compile_policy(name, p, &cfg.keys, &key_sets, &mut errors) {
+        if let Some(v) = compile_policy(name, p, cfg, &key_sets, &mut errors) {
             for (h, _) in &v.forward_claims {
                 if !strip_headers.contains(h) {
                     strip_headers.push(h.clone());
@@ -187,10 +188,11 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
 
     // routes
     let mut routes = Vec::new();
-    if cfg.routes.is_empty() {
+    if cfg.routes.is_empty() && !cfg.broken.iter().any(|b| b.starts_with("routes[")) {
         errors.push(ConfigError::new("routes", "at least one route is needed"));
     }
-    for (i, r) in cfg.routes.iter().enumerate() {
+    for r in &cfg.routes {
+        let i = r.index;
         let path = format!("routes[{i}]");
         let before = errors.len();
         if !r.prefix.starts_with('/') {
@@ -200,13 +202,13 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
             ));
         }
         let upstream = upstreams.get(&r.upstream).cloned();
-        if upstream.is_none() && !cfg.upstreams.contains_key(&r.upstream) {
+        if upstream.is_none() && !cfg.defines("upstreams", &r.upstream) {
             errors.push(ConfigError::new(
                 format!("{path}.upstream"),
                 format!(
                     "unknown upstream {:?} (defined: {})",
                     r.upstream,
-                    names(cfg.upstreams.keys())
+                    names(&cfg.names("upstreams"))
                 ),
             ));
         }
@@ -221,12 +223,12 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
         for p in &policy_names {
             match verifiers.get(p) {
                 Some(v) => auth.push(v.clone()),
-                None if cfg.auth.contains_key(p) => {} // its own errors are reported
+                None if cfg.defines("auth", p) => {} // its own errors are reported
                 None => errors.push(ConfigError::new(
                     format!("{path}.auth"),
                     format!(
                         "unknown auth policy {p:?} (defined: {})",
-                        names(cfg.auth.keys())
+                        names(&cfg.names("auth"))
                     ),
                 )),
             }
@@ -324,8 +326,7 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
     })
 }
 
-fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
-    let v: Vec<&str> = it.map(String::as_str).collect();
+fn names(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
     } else {
@@ -349,7 +350,7 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 fn compile_policy(
     name: &str,
     p: &PolicyConfig,
-    key_cfgs: &BTreeMap<String, crate::config::KeySetConfig>,
+    cfg: &crate::config::Config,
     key_sets: &BTreeMap<String, KeySet>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Verifier> {
@@ -365,14 +366,14 @@ fn compile_policy(
     for k in &set_names {
         match key_sets.get(k) {
             Some(set) => keys.extend(set.keys.iter().cloned()),
-            None if key_cfgs.contains_key(k) => all_loaded = false,
+            None if cfg.defines("keys", k) => all_loaded = false,
             None => {
                 all_loaded = false;
                 errors.push(ConfigError::new(
                     format!("{path}.keys"),
                     format!(
                         "unknown key set {k:?} (defined: {})",
-                        names(key_cfgs.keys())
+                        names(&cfg.names("keys"))
                     ),
                 ))
             }

@@ -22,8 +22,7 @@ impl HostMatch {
         let h = s.trim().to_ascii_lowercase();
         let valid = |x: &str| {
             !x.is_empty()
-                && x
-                    .bytes()
+                && x.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         };
         if let Some(rest) = h.strip_prefix("*.") {
@@ -144,9 +143,7 @@ impl RouteTable {
             let r = &self.routes[i];
             if path.starts_with(r.prefix.as_str()) && r.host.matches(host) {
                 // The most specific place matches: decide by method among its routes only.
-                let group = self.routes[i..]
-                    .iter()
-                    .take_while(|x| x.same_place(r));
+                let group = self.routes[i..].iter().take_while(|x| x.same_place(r));
                 let mut allow = Vec::new();
                 for x in group {
                     if x.allows(method) {
@@ -237,7 +234,9 @@ mod tests {
             route("/a/", "api.example.com", Some(&["POST", "PUT"])),
             route("/a/", "*.example.com", None),
         ]);
-        let r = t.find(Some("API.example.com"), "/a/1", &Method::POST).unwrap();
+        let r = t
+            .find(Some("API.example.com"), "/a/1", &Method::POST)
+            .unwrap();
         assert_eq!(r.methods.as_ref().unwrap()[0], Method::POST);
         let e = t
             .find(Some("api.example.com"), "/a/1", &Method::DELETE)
@@ -248,11 +247,21 @@ mod tests {
                 allow: "GET, POST, PUT".into()
             }
         );
-        let r = t.find(Some("x.example.com"), "/a/1", &Method::DELETE).unwrap();
+        let r = t
+            .find(Some("x.example.com"), "/a/1", &Method::DELETE)
+            .unwrap();
         assert!(matches!(r.host, HostMatch::Suffix(_)));
-        assert_eq!(t.find(Some("example.com"), "/a/1", &Method::GET).unwrap().prefix, "/");
+        assert_eq!(
+            t.find(Some("example.com"), "/a/1", &Method::GET)
+                .unwrap()
+                .prefix,
+            "/"
+        );
         let t = table(vec![route("/only/", "", None)]);
-        assert_eq!(t.find(None, "/other", &Method::GET).unwrap_err(), Reject::NotFound);
+        assert_eq!(
+            t.find(None, "/other", &Method::GET).unwrap_err(),
+            Reject::NotFound
+        );
     }
 
     #[test]

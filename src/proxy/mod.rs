@@ -89,7 +89,9 @@ impl ProxyHttp for Gateway {
         let policy = self.policy.load_full();
         let req = session.req_header();
         let decision = if has_dot_segments(req.uri.path()) {
-            Err(Reject::BadRequest("dot segments are not allowed in the path"))
+            Err(Reject::BadRequest(
+                "dot segments are not allowed in the path",
+            ))
         } else {
             policy
                 .routes

@@ -54,10 +54,7 @@ impl Pool {
         let limit = 16 + self.peers.len() * 2;
         self.lb
             .select_with(b"", limit, |b, healthy| {
-                healthy
-                    && b.addr
-                        .as_inet()
-                        .is_some_and(|a| !avoid.contains(a))
+                healthy && b.addr.as_inet().is_some_and(|a| !avoid.contains(a))
             })
             .and_then(|b| b.addr.as_inet().copied())
     }
