@@ -1,1 +1,172 @@
-fn main() {}
+//! Criterion benchmarks of the request path's CPU work: token verification per algorithm,
+//! the whole `auth::check` on a request, and route matching.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use pingora_http::RequestHeader;
+use portcullis::auth::keys::{parse_public_pem, secret_key, Key};
+use portcullis::auth::token::TokenSource;
+use portcullis::auth::Verifier;
+use portcullis::policy::{HostMatch, Route, RouteTable};
+use portcullis::upstream::Pool;
+use serde_json::json;
+use std::sync::Arc;
+
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{KEYS}{name}")).unwrap()
+}
+
+fn verifier(key: Key, alg: Algorithm) -> Verifier {
+    Verifier {
+        name: "bench".into(),
+        realm: "bench".into(),
+        algorithms: vec![alg],
+        keys: vec![Arc::new(key)],
+        sources: vec![TokenSource::Bearer],
+        issuers: vec!["https://issuer.example".into()],
+        audiences: vec!["api".into()],
+        leeway: 0.0,
+        require_exp: true,
+        forward_claims: vec![(http::HeaderName::from_static("x-user"), "sub".into())],
+        forward_payload: None,
+    }
+}
+
+fn claims() -> serde_json::Value {
+    json!({
+        "sub": "user-1234567890",
+        "iss": "https://issuer.example",
+        "aud": "api",
+        "exp": 4_000_000_000u64,
+        "iat": 1_700_000_000u64,
+        "scope": "read:items write:items",
+    })
+}
+
+fn bench_verify(c: &mut Criterion) {
+    let now = 1_800_000_000.0;
+    let hs_secret = b"0123456789abcdef0123456789abcdef";
+    let cases: Vec<(&str, Verifier, String)> = vec![
+        (
+            "HS256",
+            verifier(secret_key(hs_secret, None), Algorithm::HS256),
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims(),
+                &EncodingKey::from_secret(hs_secret),
+            )
+            .unwrap(),
+        ),
+        (
+            "RS256",
+            verifier(
+                parse_public_pem(&read("rsa_public.pem")).unwrap(),
+                Algorithm::RS256,
+            ),
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::RS256),
+                &claims(),
+                &EncodingKey::from_rsa_pem(&read("rsa_private.pem")).unwrap(),
+            )
+            .unwrap(),
+        ),
+        (
+            "ES256",
+            verifier(
+                parse_public_pem(&read("ec_public.pem")).unwrap(),
+                Algorithm::ES256,
+            ),
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::ES256),
+                &claims(),
+                &EncodingKey::from_ec_pem(&read("ec_private.pem")).unwrap(),
+            )
+            .unwrap(),
+        ),
+        (
+            "EdDSA",
+            verifier(
+                parse_public_pem(&read("ed_public.pem")).unwrap(),
+                Algorithm::EdDSA,
+            ),
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::EdDSA),
+                &claims(),
+                &EncodingKey::from_ed_pem(&read("ed_private.pem")).unwrap(),
+            )
+            .unwrap(),
+        ),
+    ];
+    let mut g = c.benchmark_group("verify");
+    for (name, v, token) in &cases {
+        assert!(v.verify(token, now).is_ok(), "{name} token must verify");
+        g.bench_function(*name, |b| {
+            b.iter(|| v.verify(black_box(token), now).unwrap())
+        });
+    }
+    // Refusals that must stay cheap: they are what an attacker can send for free.
+    let (_, hs, token) = &cases[0];
+    let bad_sig = format!("{}x", &token[..token.len() - 1]);
+    g.bench_function("HS256 bad signature", |b| {
+        b.iter(|| hs.verify(black_box(&bad_sig), now).unwrap_err())
+    });
+    g.bench_function("malformed", |b| {
+        b.iter(|| hs.verify(black_box("not.a.token"), now).unwrap_err())
+    });
+    g.finish();
+
+    // The whole check on a request: extraction, verification, forwarded headers.
+    let policies = vec![Arc::new(verifier(
+        secret_key(hs_secret, None),
+        Algorithm::HS256,
+    ))];
+    let mut req = RequestHeader::build("GET", b"/api/items?x=1", None).unwrap();
+    req.insert_header("authorization", format!("Bearer {token}"))
+        .unwrap();
+    c.bench_function("auth::check HS256 request", |b| {
+        b.iter(|| portcullis::auth::check(black_box(&policies), &req, now).unwrap())
+    });
+}
+
+fn bench_routes(c: &mut Criterion) {
+    let pool = Arc::new(Pool::new("p", vec![("127.0.0.1:1".parse().unwrap(), 1)]));
+    let mk = |i: usize, prefix: String| {
+        (
+            i,
+            Route {
+                id: prefix.clone(),
+                prefix,
+                host: HostMatch::Any,
+                methods: None,
+                upstream: pool.clone(),
+                auth: vec![],
+            },
+        )
+    };
+    for n in [4usize, 64] {
+        let mut routes: Vec<(usize, Route)> =
+            (0..n).map(|i| mk(i, format!("/service{i}/v1/"))).collect();
+        routes.push(mk(n, "/".into()));
+        let table = RouteTable::new(routes).unwrap();
+        let last = format!("/service{}/v1/items/42", n - 1);
+        c.bench_function(&format!("route match, {n} routes, deepest"), |b| {
+            b.iter(|| {
+                table
+                    .find(None, black_box(&last), &http::Method::GET)
+                    .unwrap()
+            })
+        });
+        c.bench_function(&format!("route match, {n} routes, fallback"), |b| {
+            b.iter(|| {
+                table
+                    .find(None, black_box("/other/path"), &http::Method::GET)
+                    .unwrap()
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench_verify, bench_routes);
+criterion_main!(benches);
