@@ -11,6 +11,9 @@ pub enum AuthError {
     Missing,
     TooLarge,
     Malformed,
+    /// Two tokens in one place (two `Authorization: Bearer` headers, a repeated cookie or query
+    /// argument): the upstream might read the other one.
+    Ambiguous,
     /// Five-part compact JWE.
     Encrypted,
     AlgorithmNotAllowed,
@@ -33,6 +36,7 @@ impl AuthError {
             AuthError::Missing => "bearer token required",
             AuthError::TooLarge => "token too large",
             AuthError::Malformed => "token malformed",
+            AuthError::Ambiguous => "more than one token",
             AuthError::Encrypted => "encrypted tokens are not supported",
             AuthError::AlgorithmNotAllowed => "algorithm not allowed",
             AuthError::UnsupportedCrit => "unsupported critical header",

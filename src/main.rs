@@ -27,7 +27,7 @@ enum Command {
     },
     /// Mint a signed test token.
     Token {
-        /// Private key: PEM (RSA, EC, Ed25519) or a JWK/JWKS with an `oct` key.
+        /// Private key: PEM (RSA, EC, Ed25519) or a private JWK/JWKS (`--kid` picks the key).
         #[arg(long, conflicts_with = "secret")]
         key: Option<PathBuf>,
         /// HMAC secret.

@@ -43,7 +43,7 @@ pub fn secret_key(secret: &str, base64: bool) -> Result<SigningKey, String> {
     })
 }
 
-/// A key from `--key FILE`: a PEM private key, or a JWK/JWKS holding an `oct` key.
+/// A key from `--key FILE`: a PEM private key, or a private JWK/JWKS (`oct`, `RSA`, `EC`, `OKP`).
 /// `kid` picks the key in a JWKS.
 pub fn key_file(path: &Path, kid: Option<&str>) -> Result<SigningKey, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
@@ -104,29 +104,147 @@ fn jwk_key(text: &str, kid: Option<&str>) -> Result<SigningKey, String> {
             .ok_or_else(|| format!("no key with kid {kid:?}"))?,
         None => keys.first().ok_or("the JWKS has no keys")?,
     };
-    if jwk.get("kty").and_then(Value::as_str) != Some("oct") {
-        return Err(
-            "only `oct` (HMAC) JWKs can sign here; for RSA, EC or Ed25519 give a PEM private key"
-                .into(),
-        );
-    }
-    let k = jwk
-        .get("k")
-        .and_then(Value::as_str)
-        .ok_or("the JWK has no `k`")?;
-    let secret = URL_SAFE_NO_PAD
-        .decode(k)
-        .map_err(|_| "`k` is not base64url")?;
-    let default_alg = jwk
+    let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
+    let b64 = |name: &str| -> Result<Vec<u8>, String> {
+        let s = jwk
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("the JWK has no `{name}`"))?;
+        URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| format!("`{name}` is not base64url"))
+    };
+    let jwk_alg = jwk
         .get("alg")
         .and_then(Value::as_str)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(Algorithm::HS256);
+        .and_then(|a| a.parse::<Algorithm>().ok());
+    let (key, default_alg) = match jwk.get("kty").and_then(Value::as_str) {
+        Some("oct") => (EncodingKey::from_secret(&b64("k")?), Algorithm::HS256),
+        Some("RSA") => {
+            let mut parts = Vec::new();
+            for name in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
+                parts.push(b64(name)?);
+            }
+            (
+                EncodingKey::from_rsa_der(&der::rsa_private_pkcs1(&parts)),
+                Algorithm::RS256,
+            )
+        }
+        Some("EC") => {
+            let (curve, alg, len) = match jwk.get("crv").and_then(Value::as_str) {
+                Some("P-256") => (der::Curve::P256, Algorithm::ES256, 32),
+                Some("P-384") => (der::Curve::P384, Algorithm::ES384, 48),
+                other => return Err(format!("unsupported EC curve {other:?}")),
+            };
+            let (d, x, y) = (b64("d")?, b64("x")?, b64("y")?);
+            if d.len() != len || x.len() != len || y.len() != len {
+                return Err("`d`, `x` or `y` has the wrong length for the curve".into());
+            }
+            (
+                EncodingKey::from_ec_der(&der::ec_private_pkcs8(curve, &d, &x, &y)),
+                alg,
+            )
+        }
+        Some("OKP") => {
+            if jwk.get("crv").and_then(Value::as_str) != Some("Ed25519") {
+                return Err("only the Ed25519 OKP curve is supported".into());
+            }
+            let d = b64("d")?;
+            if d.len() != 32 {
+                return Err("`d` has the wrong length for Ed25519".into());
+            }
+            (
+                EncodingKey::from_ed_der(&der::ed25519_private_pkcs8(&d)),
+                Algorithm::EdDSA,
+            )
+        }
+        other => return Err(format!("unsupported kty {other:?}")),
+    };
     Ok(SigningKey {
-        key: EncodingKey::from_secret(&secret),
-        default_alg,
-        kid: jwk.get("kid").and_then(Value::as_str).map(str::to_owned),
+        key,
+        default_alg: jwk_alg.unwrap_or(default_alg),
+        kid,
     })
+}
+
+/// Just enough DER to turn a private JWK into the key encodings the signer takes.
+mod der {
+    #[derive(Clone, Copy)]
+    pub enum Curve {
+        P256,
+        P384,
+    }
+
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = body.len();
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes: Vec<u8> = n
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend_from_slice(&bytes);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// An unsigned big-endian integer as a DER INTEGER.
+    fn uint(bytes: &[u8]) -> Vec<u8> {
+        let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+        let mut body = Vec::with_capacity(trimmed.len() + 1);
+        if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
+            body.push(0);
+        }
+        body.extend_from_slice(&trimmed);
+        tlv(0x02, &body)
+    }
+
+    fn seq(items: &[Vec<u8>]) -> Vec<u8> {
+        tlv(0x30, &items.concat())
+    }
+
+    /// PKCS#1 RSAPrivateKey from n, e, d, p, q, dp, dq, qi.
+    pub fn rsa_private_pkcs1(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut items = vec![uint(&[0])];
+        items.extend(parts.iter().map(|p| uint(p)));
+        seq(&items)
+    }
+
+    const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+    const OID_P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+    const OID_P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+    const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
+
+    /// PKCS#8 wrapping a SEC1 ECPrivateKey with its public point.
+    pub fn ec_private_pkcs8(curve: Curve, d: &[u8], x: &[u8], y: &[u8]) -> Vec<u8> {
+        let oid = match curve {
+            Curve::P256 => OID_P256,
+            Curve::P384 => OID_P384,
+        };
+        let mut point = vec![0x00, 0x04];
+        point.extend_from_slice(x);
+        point.extend_from_slice(y);
+        let sec1 = seq(&[uint(&[1]), tlv(0x04, d), tlv(0xA1, &tlv(0x03, &point))]);
+        seq(&[
+            uint(&[0]),
+            seq(&[OID_EC_PUBLIC_KEY.to_vec(), oid.to_vec()]),
+            tlv(0x04, &sec1),
+        ])
+    }
+
+    /// PKCS#8 for an Ed25519 seed (RFC 8410).
+    pub fn ed25519_private_pkcs8(seed: &[u8]) -> Vec<u8> {
+        seq(&[
+            uint(&[0]),
+            seq(&[OID_ED25519.to_vec()]),
+            tlv(0x04, &tlv(0x04, seed)),
+        ])
+    }
 }
 
 /// Build the claims and sign them.
@@ -184,6 +302,29 @@ pub fn parse_claim(s: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_jwks_sign_like_their_pem_twins() {
+        use crate::auth::keys::parse_public_pem;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+        for (kid, public, alg) in [
+            ("rsa1", "rsa_public.pem", Algorithm::RS256),
+            ("ec1", "ec_public.pem", Algorithm::ES256),
+            ("ed1", "ed_public.pem", Algorithm::EdDSA),
+        ] {
+            let key = key_file(&dir.join("private_jwks.json"), Some(kid)).unwrap();
+            assert_eq!(key.default_alg, alg);
+            assert_eq!(key.kid.as_deref(), Some(kid));
+            let token = mint(&key, &MintOptions::default(), 1).unwrap();
+            let pem = std::fs::read(dir.join(public)).unwrap();
+            let public = parse_public_pem(&pem).unwrap();
+            let (msg, sig) = token.rsplit_once('.').unwrap();
+            assert!(
+                jsonwebtoken::crypto::verify(sig, msg.as_bytes(), &public.decoding, alg).unwrap(),
+                "{kid}"
+            );
+        }
+    }
 
     #[test]
     fn claims_are_typed() {

@@ -525,3 +525,22 @@ fn claims_that_cannot_be_headers_are_refused() {
         Some(r#"["a","b"]"#)
     );
 }
+
+#[test]
+fn two_tokens_in_one_place_are_refused() {
+    let s = setup();
+    let good = hs256(SECRET, &good_hs_claims());
+    let a = format!("Bearer {good}");
+    let r = s.gw.get(
+        "/hs/x",
+        &[
+            ("Authorization", &a),
+            ("Authorization", "Bearer forged.by.client"),
+        ],
+    );
+    assert_invalid(&s, &r, "more than one token");
+    let r =
+        s.gw.get(&format!("/sources/x?apijwt={good}&apijwt={good}"), &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(s.echo.hits(), 0);
+}

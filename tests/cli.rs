@@ -252,6 +252,11 @@ routes:
     assert_eq!(gw.bearer("/rsa/x", &t).status, 200);
     let t = token(&["--key", &key_path("ec_private.pem"), "--sub", "u3"]);
     assert_eq!(gw.bearer("/ec/x", &t).status, 200);
+    // A private JWKS: --kid picks the key and lands in the header.
+    let t = token(&["--key", &key_path("private_jwks.json"), "--kid", "ec1"]);
+    assert_eq!(gw.bearer("/ec/x", &t).status, 200);
+    let t = token(&["--key", &key_path("private_jwks.json"), "--kid", "rsa1"]);
+    assert_eq!(gw.bearer("/rsa/x", &t).status, 200);
     let t = token(&[
         "--secret",
         "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA",

@@ -50,24 +50,30 @@ impl TokenSource {
     pub fn extract<'r>(&self, req: &'r RequestHeader) -> Option<Result<Cow<'r, str>, AuthError>> {
         match self {
             TokenSource::Bearer => {
-                let v = req.headers.get(AUTHORIZATION)?;
-                let Ok(v) = v.to_str() else {
-                    return Some(Err(AuthError::Malformed));
-                };
-                let v = v.trim_start();
-                let (scheme, rest) = v.split_at(v.find(' ')?);
-                if !scheme.eq_ignore_ascii_case("bearer") {
-                    return None;
+                let mut found = None;
+                for v in req.headers.get_all(AUTHORIZATION) {
+                    let Ok(v) = v.to_str() else {
+                        return Some(Err(AuthError::Malformed));
+                    };
+                    let v = v.trim_start();
+                    let Some(space) = v.find(' ') else { continue };
+                    let (scheme, rest) = v.split_at(space);
+                    if !scheme.eq_ignore_ascii_case("bearer") || rest.trim().is_empty() {
+                        continue;
+                    }
+                    if found.is_some() {
+                        return Some(Err(AuthError::Ambiguous));
+                    }
+                    found = Some(rest.trim());
                 }
-                let tok = rest.trim();
-                if tok.is_empty() {
-                    None
-                } else {
-                    Some(Ok(Cow::Borrowed(tok)))
-                }
+                found.map(|t| Ok(Cow::Borrowed(t)))
             }
             TokenSource::Header(name) => {
-                let v = req.headers.get(name)?;
+                let mut values = req.headers.get_all(name).iter();
+                let v = values.next()?;
+                if values.next().is_some() {
+                    return Some(Err(AuthError::Ambiguous));
+                }
                 match v.to_str() {
                     Ok(s) if s.trim().is_empty() => None,
                     Ok(s) => Some(Ok(Cow::Borrowed(s.trim()))),
@@ -75,29 +81,36 @@ impl TokenSource {
                 }
             }
             TokenSource::Cookie(name) => {
+                let mut found = None;
                 for v in req.headers.get_all(COOKIE) {
                     let Ok(v) = v.to_str() else { continue };
                     for pair in v.split(';') {
                         if let Some((k, val)) = pair.trim().split_once('=') {
                             if k == name && !val.is_empty() {
-                                let val = val.trim_matches('"');
-                                return Some(Ok(Cow::Borrowed(val)));
+                                if found.is_some() {
+                                    return Some(Err(AuthError::Ambiguous));
+                                }
+                                found = Some(val.trim_matches('"'));
                             }
                         }
                     }
                 }
-                None
+                found.map(|t| Ok(Cow::Borrowed(t)))
             }
             TokenSource::Query(name) => {
                 let q = req.uri.query()?;
+                let mut found = None;
                 for pair in q.split('&') {
                     if let Some((k, val)) = pair.split_once('=') {
                         if k == name && !val.is_empty() {
-                            return Some(percent_decode(val).ok_or(AuthError::Malformed));
+                            if found.is_some() {
+                                return Some(Err(AuthError::Ambiguous));
+                            }
+                            found = Some(val);
                         }
                     }
                 }
-                None
+                found.map(|v| percent_decode(v).ok_or(AuthError::Malformed))
             }
         }
     }
@@ -177,6 +190,41 @@ mod tests {
         assert_eq!(got("cookie:other", &r), None);
         let r = req("/p?t=a%2Eb.c", &[]);
         assert_eq!(got("query:t", &r).as_deref(), Some("a.b.c"));
+    }
+
+    #[test]
+    fn a_second_token_in_the_same_place_is_ambiguous() {
+        let amb = |src: &str, r: &RequestHeader| {
+            TokenSource::parse(src)
+                .unwrap()
+                .extract(r)
+                .unwrap()
+                .unwrap_err()
+        };
+        let r = req(
+            "/?t=a.b.c&t=d.e.f",
+            &[
+                ("authorization", "Bearer a.b.c"),
+                ("authorization", "Bearer d.e.f"),
+                ("cookie", "jwt=a.b.c"),
+                ("cookie", "x=1; jwt=d.e.f"),
+                ("x-tok", "a.b.c"),
+                ("x-tok", "d.e.f"),
+            ],
+        );
+        assert_eq!(amb("bearer", &r), AuthError::Ambiguous);
+        assert_eq!(amb("query:t", &r), AuthError::Ambiguous);
+        assert_eq!(amb("cookie:jwt", &r), AuthError::Ambiguous);
+        assert_eq!(amb("header:x-tok", &r), AuthError::Ambiguous);
+        // A Basic header next to a Bearer one is not a second token.
+        let r = req(
+            "/",
+            &[
+                ("authorization", "Basic eA=="),
+                ("authorization", "Bearer a.b.c"),
+            ],
+        );
+        assert_eq!(got("bearer", &r).as_deref(), Some("a.b.c"));
     }
 
     #[test]
