@@ -31,6 +31,7 @@ fn verifier(key: Key, alg: Algorithm) -> Verifier {
         require_exp: true,
         forward_claims: vec![(http::HeaderName::from_static("x-user"), "sub".into())],
         forward_payload: None,
+        rules: vec![],
     }
 }
 
@@ -126,7 +127,7 @@ fn bench_verify(c: &mut Criterion) {
     req.insert_header("authorization", format!("Bearer {token}"))
         .unwrap();
     c.bench_function("auth::check HS256 request", |b| {
-        b.iter(|| portcullis::auth::check(black_box(&policies), &req, now).unwrap())
+        b.iter(|| portcullis::auth::check(black_box(&policies), &req, now, None).unwrap())
     });
 }
 
@@ -142,6 +143,8 @@ fn bench_routes(c: &mut Criterion) {
                 methods: None,
                 upstream: pool.clone(),
                 auth: vec![],
+                pre_auth_limits: vec![],
+                post_auth_limits: vec![],
             },
         )
     };

@@ -28,6 +28,8 @@ pub enum AuthError {
     BadAudience,
     /// A claim to forward cannot be a header value (control characters).
     ClaimNotForwardable,
+    /// The token's `sub` or `jti` is revoked.
+    Revoked,
 }
 
 impl AuthError {
@@ -49,14 +51,16 @@ impl AuthError {
             AuthError::BadIssuer => "issuer not allowed",
             AuthError::BadAudience => "audience not allowed",
             AuthError::ClaimNotForwardable => "claim cannot be forwarded",
+            AuthError::Revoked => "token revoked",
         }
     }
 
-    /// Label for logs and metrics: `missing`, `expired` or `invalid`.
+    /// Label for logs and metrics: `missing`, `expired`, `revoked` or `invalid`.
     pub fn result(self) -> &'static str {
         match self {
             AuthError::Missing => "missing",
             AuthError::Expired => "expired",
+            AuthError::Revoked => "revoked",
             _ => "invalid",
         }
     }
@@ -67,6 +71,21 @@ impl AuthError {
 pub enum Reject {
     /// 401 with `WWW-Authenticate: Bearer realm=…` (RFC 6750 §3).
     Unauthorized { realm: String, error: AuthError },
+    /// 403 `insufficient_scope`: a valid token that a required-claim rule refuses.
+    Forbidden {
+        realm: String,
+        /// The scope values a `contains` rule wanted.
+        scope: Option<String>,
+    },
+    /// 429 from a rate limit.
+    TooManyRequests {
+        limit: u32,
+        remaining: u32,
+        /// Seconds until the bucket is full again, rounded up.
+        reset: u64,
+        /// Seconds until a request may pass, rounded up (at least 1).
+        retry_after: u64,
+    },
     /// No route matches.
     NotFound,
     /// A route matches the path but not the method.
@@ -93,6 +112,8 @@ impl Reject {
     pub fn status(&self) -> u16 {
         match self {
             Reject::Unauthorized { .. } => 401,
+            Reject::Forbidden { .. } => 403,
+            Reject::TooManyRequests { .. } => 429,
             Reject::NotFound => 404,
             Reject::MethodNotAllowed { .. } => 405,
             Reject::BadRequest(_) => 400,
@@ -111,6 +132,17 @@ impl Reject {
                 quote(realm),
                 quote(error.description())
             )),
+            Reject::Forbidden { realm, scope } => Some(match scope {
+                Some(s) => format!(
+                    "Bearer realm={}, error=\"insufficient_scope\", scope={}",
+                    quote(realm),
+                    quote(s)
+                ),
+                None => format!(
+                    "Bearer realm={}, error=\"insufficient_scope\"",
+                    quote(realm)
+                ),
+            }),
             _ => None,
         }
     }
@@ -123,6 +155,8 @@ impl Reject {
                 ..
             } => ("unauthorized", AuthError::Missing.description()),
             Reject::Unauthorized { error, .. } => ("invalid_token", error.description()),
+            Reject::Forbidden { .. } => ("insufficient_scope", "the token does not grant access"),
+            Reject::TooManyRequests { .. } => ("rate_limited", "too many requests"),
             Reject::NotFound => ("not_found", "no route matches this request"),
             Reject::MethodNotAllowed { .. } => ("method_not_allowed", "method not allowed here"),
             Reject::BadRequest(why) => ("bad_request", *why),
@@ -143,7 +177,19 @@ impl Reject {
         if let Reject::MethodNotAllowed { allow } = self {
             let _ = h.insert_header(http::header::ALLOW, allow.as_str());
         }
-        if matches!(self, Reject::Unauthorized { .. }) {
+        if let Reject::TooManyRequests {
+            limit,
+            remaining,
+            reset,
+            retry_after,
+        } = self
+        {
+            let _ = h.insert_header(http::header::RETRY_AFTER, retry_after.to_string());
+            let _ = h.insert_header("RateLimit-Limit", limit.to_string());
+            let _ = h.insert_header("RateLimit-Remaining", remaining.to_string());
+            let _ = h.insert_header("RateLimit-Reset", reset.to_string());
+        }
+        if matches!(self, Reject::Unauthorized { .. } | Reject::Forbidden { .. }) {
             let _ = h.insert_header(http::header::CACHE_CONTROL, "no-store");
         }
         (h, body)
@@ -172,6 +218,14 @@ mod tests {
         assert_eq!(
             r.body(),
             r#"{"error":"invalid_token","error_description":"token expired"}"#
+        );
+        let r = Reject::Forbidden {
+            realm: "x".into(),
+            scope: Some("read:leads".into()),
+        };
+        assert_eq!(
+            r.challenge().unwrap(),
+            r#"Bearer realm="x", error="insufficient_scope", scope="read:leads""#
         );
         let v: serde_json::Value = serde_json::from_str(&Reject::NotFound.body()).unwrap();
         assert_eq!(v["error"], "not_found");

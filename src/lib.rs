@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod limit;
 pub mod mint;
 pub mod observe;
 pub mod policy;

@@ -32,6 +32,9 @@ pub fn build(policy: Policy) -> Built {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    if let Some(rev) = &policy.revocation {
+        crate::limit::Revocation::watch(rev);
+    }
     let listen = policy.listen.clone();
     let admin = policy.admin;
     let shared = Arc::new(ArcSwap::from_pointee(policy));

@@ -2,6 +2,7 @@
 
 pub mod claims;
 pub mod keys;
+pub mod rules;
 pub mod token;
 pub mod verify;
 
@@ -9,6 +10,7 @@ pub use claims::Claims;
 pub use verify::{Verified, Verifier};
 
 use crate::error::{AuthError, Reject};
+use crate::limit::Revocation;
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use std::sync::Arc;
@@ -27,17 +29,30 @@ pub struct Passed {
 
 /// Check a request against a route's policies; any one may accept it.
 ///
-/// Each policy looks for a token in its own places. The first policy that finds a token and
-/// verifies it wins. If none does, the error reported is that of the first policy that found a
-/// token (or `Missing`, with the first policy's realm, when no policy found one).
-pub fn check(policies: &[Arc<Verifier>], req: &RequestHeader, now: f64) -> Result<Passed, Reject> {
+/// Each policy looks for a token in its own places. The first policy that finds a token,
+/// verifies it and whose rules hold wins. Otherwise: a revoked token is a 401 at once; a token
+/// that verified but failed a policy's rules is a 403 (`insufficient_scope`, that policy's
+/// realm); else the 401 of the first policy that found a token, or `Missing` with the first
+/// policy's realm when none found one.
+pub fn check(
+    policies: &[Arc<Verifier>],
+    req: &RequestHeader,
+    now: f64,
+    revocation: Option<&Revocation>,
+) -> Result<Passed, Reject> {
     let mut first_error: Option<(usize, AuthError)> = None;
+    let mut forbidden: Option<Reject> = None;
     for (i, p) in policies.iter().enumerate() {
         let found = p.sources.iter().find_map(|s| s.extract(req));
-        let result = match found {
+        let verified = match found {
             None => continue,
             Some(Err(e)) => Err(e),
             Some(Ok(token)) => p.verify(&token, now).and_then(|v| {
+                let revoked = revocation
+                    .is_some_and(|r| r.is_revoked(v.claims.str("sub"), v.claims.str("jti")));
+                if revoked {
+                    return Err(AuthError::Revoked);
+                }
                 let forward = p.forwarded_headers(&v)?;
                 Ok(Passed {
                     policy: i,
@@ -48,12 +63,29 @@ pub fn check(policies: &[Arc<Verifier>], req: &RequestHeader, now: f64) -> Resul
                 })
             }),
         };
-        match result {
-            Ok(passed) => return Ok(passed),
+        match verified {
+            Ok(passed) => match rules::check_all(&p.rules, &passed.claims) {
+                Ok(()) => return Ok(passed),
+                Err(failure) => {
+                    forbidden.get_or_insert(Reject::Forbidden {
+                        realm: p.realm.clone(),
+                        scope: failure.scope,
+                    });
+                }
+            },
+            Err(AuthError::Revoked) => {
+                return Err(Reject::Unauthorized {
+                    realm: p.realm.clone(),
+                    error: AuthError::Revoked,
+                })
+            }
             Err(e) => {
                 first_error.get_or_insert((i, e));
             }
         }
+    }
+    if let Some(f) = forbidden {
+        return Err(f);
     }
     let (i, error) = first_error.unwrap_or((0, AuthError::Missing));
     Err(Reject::Unauthorized {

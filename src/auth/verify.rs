@@ -38,6 +38,8 @@ pub struct Verifier {
     pub forward_claims: Vec<(HeaderName, String)>,
     /// Upstream header that receives the base64url payload.
     pub forward_payload: Option<HeaderName>,
+    /// Required-claim rules (403 when one fails).
+    pub rules: Vec<super::rules::Rule>,
 }
 
 /// A token that passed every check.
@@ -254,6 +256,7 @@ mod tests {
             require_exp: false,
             forward_claims: vec![],
             forward_payload: None,
+            rules: vec![],
         }
     }
 

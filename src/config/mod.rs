@@ -81,6 +81,8 @@ pub struct Config {
     pub keys: BTreeMap<String, KeySetConfig>,
     pub auth: BTreeMap<String, PolicyConfig>,
     pub routes: Vec<RouteConfig>,
+    pub revocation: Option<RevocationConfig>,
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// `section.name` of entries that are present but failed to parse (already reported):
     /// references to them are not reported again as unknown.
     pub broken: BTreeSet<String>,
@@ -93,6 +95,7 @@ impl Config {
             "upstreams" => self.upstreams.contains_key(name),
             "keys" => self.keys.contains_key(name),
             "auth" => self.auth.contains_key(name),
+            "rate_limits" => self.rate_limits.contains_key(name),
             _ => false,
         };
         parsed || self.broken.contains(&format!("{section}.{name}"))
@@ -104,6 +107,7 @@ impl Config {
             "upstreams" => self.upstreams.keys().cloned().collect(),
             "keys" => self.keys.keys().cloned().collect(),
             "auth" => self.auth.keys().cloned().collect(),
+            "rate_limits" => self.rate_limits.keys().cloned().collect(),
             _ => Vec::new(),
         };
         let prefix = format!("{section}.");
@@ -227,6 +231,43 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub forward_claims: BTreeMap<String, String>,
     pub forward_payload: Option<String>,
+    /// Rules every accepted token must satisfy, else 403.
+    #[serde(default)]
+    pub require: Vec<RuleConfig>,
+}
+
+/// A required-claim rule: `claim` and exactly one of `contains`, `one_of`, `equals`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub claim: String,
+    pub contains: Option<Vec<String>>,
+    pub one_of: Option<Vec<Value>>,
+    pub equals: Option<Value>,
+}
+
+/// Revoked `sub` and `jti` values: inline, and from a watched file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    pub file: Option<String>,
+    #[serde(default)]
+    pub sub: Vec<String>,
+    #[serde(default)]
+    pub jti: Vec<String>,
+}
+
+/// A named token-bucket rate limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `claim:NAME`, `ip` or `header:NAME`.
+    pub key: String,
+    /// `N/s`, `N/m` or `N/h`.
+    pub rate: String,
+    pub burst: u32,
+    /// Bound on distinct keys tracked (default 100000).
+    pub max_keys: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +281,7 @@ pub struct RouteConfig {
     pub auth: Option<OneOrMany<String>>,
     pub host: Option<String>,
     pub methods: Option<Vec<String>>,
+    pub rate_limit: Option<OneOrMany<String>>,
 }
 
 /// A config file read from disk, with the folder that relative paths resolve against.
@@ -265,7 +307,15 @@ impl Loaded {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "upstreams", "keys", "auth", "routes"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "upstreams",
+    "keys",
+    "auth",
+    "routes",
+    "revocation",
+    "rate_limits",
+];
 
 /// Read and parse a config file. A file that cannot be read or is not YAML is an error here;
 /// entries with structural errors (unknown fields, wrong types) are left out of the config and
@@ -342,6 +392,8 @@ pub fn parse(text: &str) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>>
             "upstreams" => config.upstreams = named(&key, v, &mut errors, &mut config.broken),
             "keys" => config.keys = named(&key, v, &mut errors, &mut config.broken),
             "auth" => config.auth = named(&key, v, &mut errors, &mut config.broken),
+            "rate_limits" => config.rate_limits = named(&key, v, &mut errors, &mut config.broken),
+            "revocation" => config.revocation = entry(&key, v, &mut errors),
             "routes" => match v {
                 Value::Sequence(items) => {
                     for (i, item) in items.into_iter().enumerate() {

@@ -8,10 +8,14 @@ pub mod routes;
 pub use routes::{HostMatch, Route, RouteTable};
 
 use crate::auth::keys::{load_key_set, KeySet};
+use crate::auth::rules::Rule;
 use crate::auth::token::TokenSource;
 use crate::auth::verify::alg_name;
 use crate::auth::Verifier;
 use crate::config::{parse_duration, ConfigError, ConfigErrors, Loaded, PolicyConfig};
+use crate::limit::{
+    parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS,
+};
 use crate::upstream::{Pool, MAX_WEIGHT};
 use http::{HeaderName, Method};
 use jsonwebtoken::Algorithm;
@@ -32,6 +36,8 @@ pub struct Policy {
     pub upstreams: BTreeMap<String, Arc<Pool>>,
     /// Headers removed from every client request: all `forward_claims`/`forward_payload` names.
     pub strip_headers: Vec<HeaderName>,
+    pub revocation: Option<Arc<Revocation>>,
+    pub rate_limits: BTreeMap<String, Arc<RateLimiter>>,
     /// Non-fatal remarks for the operator.
     pub warnings: Vec<String>,
 }
@@ -186,6 +192,54 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
         }
     }
 
+    // revocation
+    let revocation = cfg.revocation.as_ref().and_then(|r| {
+        let inline = RevocationSet {
+            sub: r.sub.iter().cloned().collect(),
+            jti: r.jti.iter().cloned().collect(),
+        };
+        let file = r.file.as_ref().map(|f| loaded.resolve(f));
+        match Revocation::new(inline, file) {
+            Ok(rev) => Some(Arc::new(rev)),
+            Err(e) => {
+                errors.push(ConfigError::new("revocation.file", e));
+                None
+            }
+        }
+    });
+
+    // rate limits
+    let mut rate_limits = BTreeMap::new();
+    for (name, l) in &cfg.rate_limits {
+        let path = format!("rate_limits.{name}");
+        let before = errors.len();
+        let key = LimitKey::parse(&l.key)
+            .map_err(|e| errors.push(ConfigError::new(format!("{path}.key"), e)))
+            .ok();
+        let rate = parse_rate(&l.rate)
+            .map_err(|e| errors.push(ConfigError::new(format!("{path}.rate"), e)))
+            .ok();
+        if l.burst == 0 {
+            errors.push(ConfigError::new(
+                format!("{path}.burst"),
+                "must be at least 1",
+            ));
+        }
+        let max_keys = l.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+        if !(64..=10_000_000).contains(&max_keys) {
+            errors.push(ConfigError::new(
+                format!("{path}.max_keys"),
+                format!("{max_keys} is out of range 64..=10000000"),
+            ));
+        }
+        if let (Some(key), Some(rate), true) = (key, rate, errors.len() == before) {
+            rate_limits.insert(
+                name.clone(),
+                Arc::new(RateLimiter::new(name, key, rate, l.burst, max_keys)),
+            );
+        }
+    }
+
     // routes
     let mut routes = Vec::new();
     if cfg.routes.is_empty() && !cfg.broken.iter().any(|b| b.starts_with("routes[")) {
@@ -260,8 +314,38 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
             }
             out
         });
-        // A route whose policy failed is never built: fail closed.
-        let complete = auth.len() == policy_names.len();
+        let mut pre_auth_limits = Vec::new();
+        let mut post_auth_limits = Vec::new();
+        let limit_names = r
+            .rate_limit
+            .as_ref()
+            .map(|l| l.to_vec())
+            .unwrap_or_default();
+        for l in &limit_names {
+            match rate_limits.get(l) {
+                Some(limiter) if matches!(limiter.key, LimitKey::Claim(_)) => {
+                    if policy_names.is_empty() {
+                        errors.push(ConfigError::new(
+                            format!("{path}.rate_limit"),
+                            format!("{l:?} is keyed on a claim, but this route has no auth"),
+                        ));
+                    }
+                    post_auth_limits.push(limiter.clone());
+                }
+                Some(limiter) => pre_auth_limits.push(limiter.clone()),
+                None if cfg.defines("rate_limits", l) => {}
+                None => errors.push(ConfigError::new(
+                    format!("{path}.rate_limit"),
+                    format!(
+                        "unknown rate limit {l:?} (defined: {})",
+                        names(&cfg.names("rate_limits"))
+                    ),
+                )),
+            }
+        }
+        // A route whose policy or limit failed is never built: fail closed.
+        let complete = auth.len() == policy_names.len()
+            && pre_auth_limits.len() + post_auth_limits.len() == limit_names.len();
         if let (Some(upstream), true, true) = (upstream, errors.len() == before, complete) {
             let mut id = String::new();
             match &host {
@@ -285,6 +369,8 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
                     methods,
                     upstream,
                     auth,
+                    pre_auth_limits,
+                    post_auth_limits,
                 },
             ));
         }
@@ -322,6 +408,8 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
         key_sets,
         upstreams,
         strip_headers,
+        revocation,
+        rate_limits,
         warnings,
     })
 }
@@ -506,6 +594,14 @@ fn compile_policy(
         .as_ref()
         .and_then(|h| header(format!("{path}.forward_payload"), h));
 
+    let mut rules = Vec::new();
+    for (i, r) in p.require.iter().enumerate() {
+        match Rule::compile(r) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => errors.push(ConfigError::new(format!("{path}.require[{i}]"), e)),
+        }
+    }
+
     if errors.len() != before {
         return None;
     }
@@ -521,6 +617,7 @@ fn compile_policy(
         require_exp: p.require_exp,
         forward_claims,
         forward_payload,
+        rules,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use crate::auth::Verifier;
 use crate::error::Reject;
+use crate::limit::RateLimiter;
 use crate::upstream::Pool;
 use http::Method;
 use std::sync::Arc;
@@ -71,6 +72,10 @@ pub struct Route {
     pub upstream: Arc<Pool>,
     /// Policies of which any one must accept the token; empty = public route.
     pub auth: Vec<Arc<Verifier>>,
+    /// Limits keyed on the IP or a header: checked before the token is verified.
+    pub pre_auth_limits: Vec<Arc<RateLimiter>>,
+    /// Limits keyed on a claim: checked only once the token is verified.
+    pub post_auth_limits: Vec<Arc<RateLimiter>>,
 }
 
 impl Route {
@@ -206,6 +211,8 @@ mod tests {
             methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
             upstream: Arc::new(Pool::new("p", vec![("127.0.0.1:1".parse().unwrap(), 1)])),
             auth: vec![],
+            pre_auth_limits: vec![],
+            post_auth_limits: vec![],
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::auth;
 use crate::error::Reject;
+use crate::limit::{clock_nanos, LimitKey, RateLimiter};
 use crate::policy::routes::has_dot_segments;
 use crate::policy::{Policy, Route};
 use arc_swap::ArcSwap;
@@ -11,7 +12,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,51 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
         return raw.find(']').map(|i| &raw[..=i]);
     }
     Some(raw.rsplit_once(':').map_or(raw, |(h, _)| h))
+}
+
+/// Take a token from a limiter, or say why not.
+fn admit(limiter: &RateLimiter, key: &[u8]) -> std::result::Result<(), Reject> {
+    let d = limiter.check(key, clock_nanos());
+    if d.allowed {
+        return Ok(());
+    }
+    Err(Reject::TooManyRequests {
+        limit: limiter.burst,
+        remaining: d.remaining,
+        reset: d.reset.ceil() as u64,
+        retry_after: (d.retry_after.ceil() as u64).max(1),
+    })
+}
+
+/// The client IP's bytes (4 or 16), or nothing if unknown.
+fn ip_key(session: &Session) -> Vec<u8> {
+    match session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    {
+        Some(IpAddr::V4(ip)) => ip.octets().to_vec(),
+        Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// A header's value as a key; a missing header is the empty key (one shared bucket).
+fn limit_key_header(req: &RequestHeader, name: &HeaderName) -> Vec<u8> {
+    req.headers
+        .get(name)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// A claim's value as a key: strings as they are, other values as JSON; a missing claim is the
+/// empty key (tokens without it share one bucket rather than escaping the limit).
+fn claim_key(claims: &auth::Claims, name: &str) -> Vec<u8> {
+    match claims.get(name) {
+        Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+        Some(v) => v.to_string().into_bytes(),
+        None => Vec::new(),
+    }
 }
 
 async fn respond(session: &mut Session, reject: &Reject) -> Result<bool> {
@@ -105,8 +151,36 @@ impl ProxyHttp for Gateway {
                 return respond(session, &reject).await;
             }
         };
+        // Limits keyed on the client: before any verification work.
+        for limiter in &route.pre_auth_limits {
+            let key = match &limiter.key {
+                LimitKey::Header(h) => limit_key_header(session.req_header(), h),
+                _ => ip_key(session),
+            };
+            if let Err(reject) = admit(limiter, &key) {
+                ctx.policy = Some(policy);
+                ctx.route = Some(route);
+                return respond(session, &reject).await;
+            }
+        }
         if !route.auth.is_empty() {
-            match auth::check(&route.auth, session.req_header(), auth::verify::now()) {
+            let checked = auth::check(
+                &route.auth,
+                session.req_header(),
+                auth::verify::now(),
+                policy.revocation.as_deref(),
+            );
+            // Limits keyed on a claim: only for verified tokens, so junk never spends a
+            // client's budget.
+            let checked = checked.and_then(|passed| {
+                for limiter in &route.post_auth_limits {
+                    if let LimitKey::Claim(c) = &limiter.key {
+                        admit(limiter, &claim_key(&passed.claims, c))?;
+                    }
+                }
+                Ok(passed)
+            });
+            match checked {
                 Ok(passed) => ctx.forward = passed.forward,
                 Err(reject) => {
                     ctx.policy = Some(policy);

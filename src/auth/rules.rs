@@ -1,0 +1,180 @@
+//! Required-claim rules: checked after a token is verified; a rule that fails means 403.
+
+use super::claims::Claims;
+use crate::config::RuleConfig;
+use serde_json::Value;
+
+/// One compiled rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    /// The claim (a space-delimited string or an array of strings) holds every value.
+    Contains { claim: String, values: Vec<String> },
+    /// The claim's value equals one of these (JSON equality).
+    OneOf { claim: String, values: Vec<Value> },
+    /// The claim's value equals this (JSON equality).
+    Equals { claim: String, value: Value },
+}
+
+/// A failed rule, as the 403 challenge reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFailure {
+    /// For a `contains` rule: the space-separated values required (the challenge's `scope`).
+    pub scope: Option<String>,
+}
+
+impl Rule {
+    /// Compile a configured rule; `Err` names what is wrong.
+    pub fn compile(cfg: &RuleConfig) -> Result<Rule, String> {
+        if cfg.claim.is_empty() {
+            return Err("`claim` is empty".into());
+        }
+        let given = [
+            cfg.contains.is_some(),
+            cfg.one_of.is_some(),
+            cfg.equals.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            return Err("give exactly one of contains, one_of, equals".into());
+        }
+        let claim = cfg.claim.clone();
+        if let Some(values) = &cfg.contains {
+            if values.is_empty() || values.iter().any(|v| v.is_empty() || v.contains(' ')) {
+                return Err("`contains` needs non-empty values without spaces".into());
+            }
+            return Ok(Rule::Contains {
+                claim,
+                values: values.clone(),
+            });
+        }
+        if let Some(values) = &cfg.one_of {
+            if values.is_empty() {
+                return Err("`one_of` is empty".into());
+            }
+            let values = values
+                .iter()
+                .map(yaml_scalar)
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Rule::OneOf { claim, values });
+        }
+        let value = yaml_scalar(cfg.equals.as_ref().expect("counted above"))?;
+        Ok(Rule::Equals { claim, value })
+    }
+
+    pub fn holds(&self, claims: &Claims) -> bool {
+        match self {
+            Rule::Contains { claim, values } => match claims.get(claim) {
+                Some(Value::String(s)) => values
+                    .iter()
+                    .all(|v| s.split_ascii_whitespace().any(|x| x == v)),
+                Some(Value::Array(a)) => values
+                    .iter()
+                    .all(|v| a.iter().any(|x| x.as_str() == Some(v.as_str()))),
+                _ => false,
+            },
+            Rule::OneOf { claim, values } => claims
+                .get(claim)
+                .is_some_and(|c| values.iter().any(|v| json_eq(c, v))),
+            Rule::Equals { claim, value } => claims.get(claim).is_some_and(|c| json_eq(c, value)),
+        }
+    }
+}
+
+/// JSON equality where `1` and `1.0` are equal.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+/// A rule value: a string, number or boolean.
+fn yaml_scalar(v: &serde_yaml::Value) -> Result<Value, String> {
+    match v {
+        serde_yaml::Value::String(s) => Ok(Value::String(s.clone())),
+        serde_yaml::Value::Bool(b) => Ok(Value::Bool(*b)),
+        serde_yaml::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Ok(Value::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Ok(Value::from(u))
+            } else {
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+                    .ok_or_else(|| format!("{n:?} is not a JSON number"))
+            }
+        }
+        other => Err(format!(
+            "rule values are strings, numbers or booleans, not {other:?}"
+        )),
+    }
+}
+
+/// Check every rule; the first that fails decides the answer.
+pub fn check_all(rules: &[Rule], claims: &Claims) -> Result<(), RuleFailure> {
+    for r in rules {
+        if !r.holds(claims) {
+            return Err(RuleFailure {
+                scope: match r {
+                    Rule::Contains { values, .. } => Some(values.join(" ")),
+                    _ => None,
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> Result<Rule, String> {
+        Rule::compile(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    fn claims(json: &str) -> Claims {
+        Claims::parse(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn contains_reads_strings_and_arrays() {
+        let r = rule("{claim: scope, contains: [read:leads, write:leads]}").unwrap();
+        assert!(r.holds(&claims(r#"{"scope":"openid read:leads  write:leads"}"#)));
+        assert!(r.holds(&claims(r#"{"scope":["write:leads","read:leads"]}"#)));
+        assert!(!r.holds(&claims(r#"{"scope":"read:leads"}"#)));
+        assert!(!r.holds(&claims(r#"{"scope":"read:leadsX write:leads"}"#)));
+        assert!(!r.holds(&claims(r#"{"other":"read:leads write:leads"}"#)));
+        assert!(!r.holds(&claims(r#"{"scope":42}"#)));
+        let fail = check_all(&[r], &claims(r#"{"scope":""}"#)).unwrap_err();
+        assert_eq!(fail.scope.as_deref(), Some("read:leads write:leads"));
+    }
+
+    #[test]
+    fn one_of_and_equals_use_json_equality() {
+        let r = rule("{claim: tier, one_of: [gold, silver]}").unwrap();
+        assert!(r.holds(&claims(r#"{"tier":"gold"}"#)));
+        assert!(!r.holds(&claims(r#"{"tier":"bronze"}"#)));
+        assert!(!r.holds(&claims(r#"{"tier":["gold"]}"#)));
+        let r = rule("{claim: email_verified, equals: true}").unwrap();
+        assert!(r.holds(&claims(r#"{"email_verified":true}"#)));
+        assert!(!r.holds(&claims(r#"{"email_verified":"true"}"#)));
+        assert!(!r.holds(&claims(r#"{}"#)));
+        let r = rule("{claim: level, equals: 3}").unwrap();
+        assert!(r.holds(&claims(r#"{"level":3.0}"#)));
+        assert_eq!(check_all(&[r], &claims("{}")).unwrap_err().scope, None);
+    }
+
+    #[test]
+    fn bad_rules() {
+        assert!(rule("{claim: a}").is_err());
+        assert!(rule("{claim: a, equals: 1, one_of: [1]}").is_err());
+        assert!(rule("{claim: a, contains: []}").is_err());
+        assert!(rule("{claim: a, contains: [\"x y\"]}").is_err());
+        assert!(rule("{claim: a, equals: [1, 2]}").is_err());
+        assert!(rule("{claim: '', equals: 1}").is_err());
+    }
+}
