@@ -13,4 +13,4 @@ test: deps
 	cargo test
 
 bench: deps
-	cargo bench --bench verify
+	cargo bench

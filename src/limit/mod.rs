@@ -124,7 +124,7 @@ pub fn clock_nanos() -> u64 {
 
 impl RateLimiter {
     pub fn new(name: &str, key: LimitKey, rate: f64, burst: u32, max_keys: usize) -> Self {
-        let per_shard = max_keys.div_ceil(SHARDS).max(1);
+        let per_shard = (max_keys / SHARDS).max(1);
         RateLimiter {
             name: name.to_string(),
             key,

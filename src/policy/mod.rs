@@ -660,17 +660,33 @@ impl Policy {
                 let names: Vec<&str> = r.auth.iter().map(|v| v.name.as_str()).collect();
                 format!("auth {}", names.join(" | "))
             };
-            let _ = writeln!(s, "  {:<28} -> {:<14} {auth}", r.id, r.upstream.name);
+            let limits: Vec<&str> = r
+                .pre_auth_limits
+                .iter()
+                .chain(&r.post_auth_limits)
+                .map(|l| l.name.as_str())
+                .collect();
+            let limits = if limits.is_empty() {
+                String::new()
+            } else {
+                format!("  limit {}", limits.join(","))
+            };
+            let _ = writeln!(
+                s,
+                "  {:<28} -> {:<14} {auth}{limits}",
+                r.id, r.upstream.name
+            );
         }
         let _ = writeln!(s, "auth policies ({}):", self.verifiers.len());
         for (name, v) in &self.verifiers {
             let algs: Vec<&str> = v.algorithms.iter().map(|a| alg_name(*a)).collect();
             let _ = writeln!(
                 s,
-                "  {name:<16} {} key(s), algorithms {}, realm {:?}",
+                "  {name:<16} {} key(s), algorithms {}, realm {:?}, {} rule(s)",
                 v.keys.len(),
                 algs.join(","),
-                v.realm
+                v.realm,
+                v.rules.len()
             );
         }
         let _ = writeln!(s, "upstreams ({}):", self.upstreams.len());
@@ -687,6 +703,34 @@ impl Policy {
                 })
                 .collect();
             let _ = writeln!(s, "  {name:<16} {}", peers.join(", "));
+        }
+        if !self.rate_limits.is_empty() {
+            let _ = writeln!(s, "rate limits ({}):", self.rate_limits.len());
+            for (name, l) in &self.rate_limits {
+                let key = match &l.key {
+                    LimitKey::Claim(c) => format!("claim:{c}"),
+                    LimitKey::Ip => "ip".to_string(),
+                    LimitKey::Header(h) => format!("header:{h}"),
+                };
+                let _ = writeln!(
+                    s,
+                    "  {name:<16} key {key}, {}/s, burst {}, at most {} keys",
+                    l.rate, l.burst, l.max_keys
+                );
+            }
+        }
+        if let Some(r) = &self.revocation {
+            let set = r.snapshot();
+            let file = r
+                .file
+                .as_ref()
+                .map_or("no file".to_string(), |f| format!("{}", f.display()));
+            let _ = writeln!(
+                s,
+                "revocation: {file}; {} sub, {} jti revoked now",
+                set.sub.len(),
+                set.jti.len()
+            );
         }
         s
     }

@@ -28,13 +28,21 @@ pub fn read_key(name: &str) -> Vec<u8> {
     std::fs::read(keys_dir().join(name)).unwrap()
 }
 
-/// A port that was free a moment ago.
+/// A free port for a gateway to bind.
+///
+/// Ports come from a counter below the kernel's ephemeral range (where the echo servers' port-0
+/// binds and client sockets land), so a port handed out here is never given to anyone else in
+/// this process in the meantime: a gateway cannot end up behind another test's port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 12_000 + (std::process::id() as usize % 150) * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (base + n % 5_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn echo() -> EchoServer {
