@@ -107,7 +107,9 @@ fn benches(c: &mut Criterion) {
     );
     c.bench_function("verify HS256 + per-sub limit", |b| {
         b.iter(|| {
-            let passed = portcullis::auth::check(black_box(&policies), &req, 1.8e9, None).unwrap();
+            let passed = portcullis::auth::check(black_box(&policies), &req, 1.8e9, None)
+                .1
+                .unwrap();
             let sub = passed.claims.str("sub").unwrap_or_default();
             per_sub.check(sub.as_bytes(), clock_nanos())
         })

@@ -66,6 +66,17 @@ impl AuthError {
     }
 }
 
+impl Reject {
+    /// The `portcullis_jwt_validations_total` result for a refusal from `auth::check`.
+    pub fn auth_result(&self) -> &'static str {
+        match self {
+            Reject::Unauthorized { error, .. } => error.result(),
+            Reject::Forbidden { .. } => "forbidden",
+            _ => "invalid",
+        }
+    }
+}
+
 /// A request refused by the gateway itself (nothing was sent upstream).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {

@@ -173,8 +173,13 @@ fn serve(policy: portcullis::policy::Policy) -> ExitCode {
         listen.join(", "),
         policy.routes.routes().len()
     );
-    let built = portcullis::server::build(policy);
-    built.server.run_forever()
+    match portcullis::server::build(policy) {
+        Ok(built) => built.server.run_forever(),
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn demo(config: &std::path::Path) -> ExitCode {

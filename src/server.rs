@@ -1,6 +1,6 @@
 //! Build the Pingora server for a compiled policy: the proxy service and the admin service.
 
-use crate::observe::Admin;
+use crate::observe::{AccessLog, Admin};
 use crate::policy::Policy;
 use crate::proxy::Gateway;
 use arc_swap::ArcSwap;
@@ -19,8 +19,9 @@ pub struct Built {
     pub policy: Arc<ArcSwap<Policy>>,
 }
 
-/// Build (but do not start) the server. Listening sockets are bound when it runs.
-pub fn build(policy: Policy) -> Built {
+/// Build (but do not start) the server. Listening sockets are bound when it runs; the access log
+/// file is opened now, so a bad path fails here.
+pub fn build(policy: Policy) -> std::io::Result<Built> {
     let conf = ServerConf {
         threads: policy.threads,
         // Stop promptly: no grace period for a socket hand-over we do not use, and a short
@@ -35,12 +36,17 @@ pub fn build(policy: Policy) -> Built {
     if let Some(rev) = &policy.revocation {
         crate::limit::Revocation::watch(rev);
     }
+    crate::observe::access_log::reopen_flag();
+    let access_log = match &policy.access_log {
+        Some((target, claims)) => Some(AccessLog::start(target.clone(), claims.clone())?),
+        None => None,
+    };
     let listen = policy.listen.clone();
     let admin = policy.admin;
     let shared = Arc::new(ArcSwap::from_pointee(policy));
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(shared.clone()),
+        Gateway::new(shared.clone(), access_log),
         "portcullis proxy",
     );
     for addr in &listen {
@@ -49,14 +55,17 @@ pub fn build(policy: Policy) -> Built {
     server.add_service(proxy);
 
     if let Some(addr) = admin {
-        let mut svc = Service::new("portcullis admin".to_string(), HttpServer::new_app(Admin));
+        let app = Admin {
+            policy: shared.clone(),
+        };
+        let mut svc = Service::new("portcullis admin".to_string(), HttpServer::new_app(app));
         svc.add_tcp(&addr.to_string());
         // One thread is plenty for health checks and scrapes.
         svc.threads = Some(1);
         server.add_service(svc);
     }
-    Built {
+    Ok(Built {
         server,
         policy: shared,
-    }
+    })
 }

@@ -27,7 +27,8 @@ pub struct Passed {
     pub forward: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Check a request against a route's policies; any one may accept it.
+/// Check a request against a route's policies; any one may accept it. Returns the index of the
+/// policy the outcome belongs to (for metrics) with the outcome.
 ///
 /// Each policy looks for a token in its own places. The first policy that finds a token,
 /// verifies it and whose rules hold wins. Otherwise: a revoked token is a 401 at once; a token
@@ -39,9 +40,9 @@ pub fn check(
     req: &RequestHeader,
     now: f64,
     revocation: Option<&Revocation>,
-) -> Result<Passed, Reject> {
+) -> (usize, Result<Passed, Reject>) {
     let mut first_error: Option<(usize, AuthError)> = None;
-    let mut forbidden: Option<Reject> = None;
+    let mut forbidden: Option<(usize, Reject)> = None;
     for (i, p) in policies.iter().enumerate() {
         let found = p.sources.iter().find_map(|s| s.extract(req));
         let verified = match found {
@@ -65,31 +66,40 @@ pub fn check(
         };
         match verified {
             Ok(passed) => match rules::check_all(&p.rules, &passed.claims) {
-                Ok(()) => return Ok(passed),
+                Ok(()) => return (i, Ok(passed)),
                 Err(failure) => {
-                    forbidden.get_or_insert(Reject::Forbidden {
-                        realm: p.realm.clone(),
-                        scope: failure.scope,
-                    });
+                    forbidden.get_or_insert((
+                        i,
+                        Reject::Forbidden {
+                            realm: p.realm.clone(),
+                            scope: failure.scope,
+                        },
+                    ));
                 }
             },
             Err(AuthError::Revoked) => {
-                return Err(Reject::Unauthorized {
-                    realm: p.realm.clone(),
-                    error: AuthError::Revoked,
-                })
+                return (
+                    i,
+                    Err(Reject::Unauthorized {
+                        realm: p.realm.clone(),
+                        error: AuthError::Revoked,
+                    }),
+                )
             }
             Err(e) => {
                 first_error.get_or_insert((i, e));
             }
         }
     }
-    if let Some(f) = forbidden {
-        return Err(f);
+    if let Some((i, f)) = forbidden {
+        return (i, Err(f));
     }
     let (i, error) = first_error.unwrap_or((0, AuthError::Missing));
-    Err(Reject::Unauthorized {
-        realm: policies.get(i).map(|p| p.realm.clone()).unwrap_or_default(),
-        error,
-    })
+    (
+        i,
+        Err(Reject::Unauthorized {
+            realm: policies.get(i).map(|p| p.realm.clone()).unwrap_or_default(),
+            error,
+        }),
+    )
 }

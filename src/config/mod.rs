@@ -83,6 +83,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub revocation: Option<RevocationConfig>,
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    pub access_log: Option<AccessLogConfig>,
     /// `section.name` of entries that are present but failed to parse (already reported):
     /// references to them are not reported again as unknown.
     pub broken: BTreeSet<String>,
@@ -257,6 +258,17 @@ pub struct RevocationConfig {
     pub jti: Vec<String>,
 }
 
+/// The JSON access log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `-` for stdout, or a file path (appended to).
+    pub path: String,
+    /// Claims copied into each line, when the token carried them.
+    #[serde(default)]
+    pub claims: Vec<String>,
+}
+
 /// A named token-bucket rate limit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +327,7 @@ const SECTIONS: &[&str] = &[
     "routes",
     "revocation",
     "rate_limits",
+    "access_log",
 ];
 
 /// Read and parse a config file. A file that cannot be read or is not YAML is an error here;
@@ -394,6 +407,7 @@ pub fn parse(text: &str) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>>
             "auth" => config.auth = named(&key, v, &mut errors, &mut config.broken),
             "rate_limits" => config.rate_limits = named(&key, v, &mut errors, &mut config.broken),
             "revocation" => config.revocation = entry(&key, v, &mut errors),
+            "access_log" => config.access_log = entry(&key, v, &mut errors),
             "routes" => match v {
                 Value::Sequence(items) => {
                     for (i, item) in items.into_iter().enumerate() {

@@ -16,6 +16,7 @@ use crate::config::{parse_duration, ConfigError, ConfigErrors, Loaded, PolicyCon
 use crate::limit::{
     parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS,
 };
+use crate::observe::access_log::Target;
 use crate::upstream::{Pool, MAX_WEIGHT};
 use http::{HeaderName, Method};
 use jsonwebtoken::Algorithm;
@@ -38,6 +39,8 @@ pub struct Policy {
     pub strip_headers: Vec<HeaderName>,
     pub revocation: Option<Arc<Revocation>>,
     pub rate_limits: BTreeMap<String, Arc<RateLimiter>>,
+    /// Where the access log goes and which claims it shows; `None`: no access log.
+    pub access_log: Option<(Target, Vec<String>)>,
     /// Non-fatal remarks for the operator.
     pub warnings: Vec<String>,
 }
@@ -206,6 +209,29 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
                 None
             }
         }
+    });
+
+    // access log
+    let access_log = cfg.access_log.as_ref().and_then(|a| {
+        let target = if a.path == "-" {
+            Target::Stdout
+        } else {
+            let p = loaded.resolve(&a.path);
+            let dir = p.parent().map(|d| d.to_path_buf()).unwrap_or_default();
+            if a.path.is_empty() || p.is_dir() || !(dir.as_os_str().is_empty() || dir.is_dir()) {
+                errors.push(ConfigError::new(
+                    "access_log.path",
+                    format!("{p:?} is not a file in an existing folder"),
+                ));
+                return None;
+            }
+            Target::File(p)
+        };
+        if a.claims.iter().any(|c| c.is_empty()) {
+            errors.push(ConfigError::new("access_log.claims", "empty claim name"));
+            return None;
+        }
+        Some((target, a.claims.clone()))
     });
 
     // rate limits
@@ -410,6 +436,7 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
         strip_headers,
         revocation,
         rate_limits,
+        access_log,
         warnings,
     })
 }

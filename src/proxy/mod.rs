@@ -3,6 +3,9 @@
 use crate::auth;
 use crate::error::Reject;
 use crate::limit::{clock_nanos, LimitKey, RateLimiter};
+use crate::observe::access_log::{now_rfc3339, JwtInfo, Line};
+use crate::observe::metrics::{metrics, NO_ROUTE};
+use crate::observe::AccessLog;
 use crate::policy::routes::has_dot_segments;
 use crate::policy::{Policy, Route};
 use arc_swap::ArcSwap;
@@ -14,7 +17,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long to wait for a TCP connection to a peer before trying another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,11 +25,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The proxy. Holds the current policy; each request takes one snapshot of it.
 pub struct Gateway {
     pub policy: Arc<ArcSwap<Policy>>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct Ctx {
+    pub start: Instant,
     /// The policy snapshot this request uses from start to end.
     pub policy: Option<Arc<Policy>>,
     pub route: Option<Arc<Route>>,
@@ -35,11 +39,19 @@ pub struct Ctx {
     /// The peer chosen last, and those that refused a connection.
     pub peer: Option<SocketAddr>,
     pub failed: Vec<SocketAddr>,
+    /// When the current peer was chosen (for the upstream latency histogram).
+    pub upstream_start: Option<Instant>,
+    /// The auth outcome on a protected route.
+    pub auth_result: Option<&'static str>,
+    /// Algorithm and key id of the verified token.
+    pub jwt: Option<(&'static str, Option<String>)>,
+    /// Allow-listed claims of the verified token, for the access log.
+    pub log_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Gateway {
-    pub fn new(policy: Arc<ArcSwap<Policy>>) -> Self {
-        Gateway { policy }
+    pub fn new(policy: Arc<ArcSwap<Policy>>, access_log: Option<Arc<AccessLog>>) -> Self {
+        Gateway { policy, access_log }
     }
 }
 
@@ -128,7 +140,18 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            start: Instant::now(),
+            policy: None,
+            route: None,
+            forward: Vec::new(),
+            peer: None,
+            failed: Vec::new(),
+            upstream_start: None,
+            auth_result: None,
+            jwt: None,
+            log_claims: serde_json::Map::new(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -158,24 +181,50 @@ impl ProxyHttp for Gateway {
                 _ => ip_key(session),
             };
             if let Err(reject) = admit(limiter, &key) {
+                metrics()
+                    .rate_limited
+                    .with_label_values(&[&limiter.name])
+                    .inc();
                 ctx.policy = Some(policy);
                 ctx.route = Some(route);
                 return respond(session, &reject).await;
             }
         }
         if !route.auth.is_empty() {
-            let checked = auth::check(
+            let (which, checked) = auth::check(
                 &route.auth,
                 session.req_header(),
                 auth::verify::now(),
                 policy.revocation.as_deref(),
             );
+            let result = match &checked {
+                Ok(_) => "ok",
+                Err(r) => r.auth_result(),
+            };
+            ctx.auth_result = Some(result);
+            metrics()
+                .jwt_validations
+                .with_label_values(&[&route.auth[which].name, result])
+                .inc();
+            if let (Ok(passed), Some(log)) = (&checked, &self.access_log) {
+                ctx.jwt = Some((auth::verify::alg_name(passed.alg), passed.kid.clone()));
+                for c in &log.claims {
+                    if let Some(v) = passed.claims.get(c) {
+                        ctx.log_claims.insert(c.clone(), v.clone());
+                    }
+                }
+            }
             // Limits keyed on a claim: only for verified tokens, so junk never spends a
             // client's budget.
             let checked = checked.and_then(|passed| {
                 for limiter in &route.post_auth_limits {
                     if let LimitKey::Claim(c) = &limiter.key {
-                        admit(limiter, &claim_key(&passed.claims, c))?;
+                        admit(limiter, &claim_key(&passed.claims, c)).inspect_err(|_| {
+                            metrics()
+                                .rate_limited
+                                .with_label_values(&[&limiter.name])
+                                .inc()
+                        })?;
                     }
                 }
                 Ok(passed)
@@ -200,12 +249,17 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         let addr = route.upstream.select(&ctx.failed).ok_or_else(|| {
+            metrics()
+                .upstream_errors
+                .with_label_values(&[&route.upstream.name, "no_peer"])
+                .inc();
             Error::explain(
                 ErrorType::HTTPStatus(502),
                 format!("no peer of upstream {} is available", route.upstream.name),
             )
         })?;
         ctx.peer = Some(addr);
+        ctx.upstream_start = Some(Instant::now());
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         Ok(Box::new(peer))
@@ -221,12 +275,69 @@ impl ProxyHttp for Gateway {
         if let Some(p) = ctx.peer.take() {
             ctx.failed.push(p);
         }
+        if let Some(route) = &ctx.route {
+            let kind = match e.etype() {
+                ErrorType::ConnectTimedout => "connect_timeout",
+                ErrorType::ConnectRefused => "connect_refused",
+                _ => "connect_error",
+            };
+            metrics()
+                .upstream_errors
+                .with_label_values(&[&route.upstream.name, kind])
+                .inc();
+        }
         // Nothing was sent: any method may go to another peer, within the pool's try budget.
         let budget = ctx.route.as_ref().map_or(1, |r| r.upstream.max_tries);
         if ctx.failed.len() < budget {
             e.set_retry(true);
         }
         e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut pingora_http::ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(t), Some(route)) = (ctx.upstream_start, &ctx.route) {
+            metrics()
+                .upstream_duration
+                .with_label_values(&[&route.upstream.name])
+                .observe(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let m = metrics();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| r.id.as_str());
+        let code = status.to_string();
+        m.requests.with_label_values(&[route, &code]).inc();
+        m.request_duration
+            .with_label_values(&[route])
+            .observe(ctx.start.elapsed().as_secs_f64());
+        if let (Some(e), Some(r)) = (e, &ctx.route) {
+            let kind = match e.etype() {
+                // Connection failures were counted when they happened.
+                ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::HTTPStatus(_) => None,
+                ErrorType::ReadTimedout => Some("read_timeout"),
+                ErrorType::WriteTimedout => Some("write_timeout"),
+                ErrorType::ConnectionClosed => Some("closed"),
+                _ => Some("other"),
+            };
+            if let (Some(kind), pingora_core::ErrorSource::Upstream) = (kind, e.esource()) {
+                m.upstream_errors
+                    .with_label_values(&[&r.upstream.name, kind])
+                    .inc();
+            }
+        }
+        self.log_request(session, ctx, status);
     }
 
     async fn upstream_request_filter(
@@ -244,6 +355,30 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(h.clone(), v.clone())?;
         }
         Ok(())
+    }
+}
+
+impl Gateway {
+    fn log_request(&self, session: &Session, ctx: &Ctx, status: u16) {
+        let Some(log) = &self.access_log else { return };
+        let req = session.req_header();
+        log.log(&Line {
+            time: now_rfc3339(),
+            remote_addr: session.client_addr().map(|a| a.to_string()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            route: ctx.route.as_ref().map(|r| r.id.as_str()),
+            upstream: ctx.peer.map(|p| p.to_string()),
+            duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
+            bytes_sent: session.body_bytes_sent(),
+            jwt: ctx.jwt.as_ref().map(|(alg, kid)| JwtInfo {
+                alg,
+                kid: kid.as_deref(),
+            }),
+            claims: ctx.log_claims.clone(),
+            auth_result: ctx.auth_result,
+        });
     }
 }
 

@@ -1,0 +1,93 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+
+use super::metrics::metrics;
+use crate::policy::Policy;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Answers on `server.admin`.
+pub struct Admin {
+    pub policy: Arc<ArcSwap<Policy>>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+/// Can a client connect to this listen address now?
+async fn accepting(addr: SocketAddr) -> bool {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(target)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+impl Admin {
+    /// Why the gateway is not ready, if it is not.
+    async fn not_ready(&self) -> Option<String> {
+        let policy = self.policy.load_full();
+        for addr in &policy.listen {
+            if !accepting(*addr).await {
+                return Some(format!("listener {addr} is not accepting connections"));
+            }
+        }
+        for (name, set) in &policy.key_sets {
+            if set.keys.is_empty() {
+                return Some(format!("key set {name} has no usable keys"));
+            }
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => match self.not_ready().await {
+                None => reply(200, "application/json", br#"{"ready":true}"#.to_vec()),
+                Some(reason) => reply(
+                    503,
+                    "application/json",
+                    serde_json::json!({"ready": false, "reason": reason})
+                        .to_string()
+                        .into_bytes(),
+                ),
+            },
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics().render(),
+            ),
+            _ => reply(
+                404,
+                "application/json",
+                br#"{"error":"not_found","error_description":"no such admin endpoint"}"#.to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics: one registry for the process, so counters survive config reloads.
+//!
+//! Labels are bounded by the configuration (route ids, policy, upstream and limit names) or by a
+//! fixed vocabulary (results, error kinds, status codes): never a `sub`, a token or a raw path.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::LazyLock;
+
+/// The label used for requests that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub jwt_validations: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub access_log_dropped: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, _> {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+        registry.register(Box::new(c.clone()))?;
+        Ok::<_, prometheus::Error>(c)
+    };
+    let histogram = |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, _> {
+        let h = HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        )?;
+        registry.register(Box::new(h.clone()))?;
+        Ok::<_, prometheus::Error>(h)
+    };
+    let m = Metrics {
+        requests: counter(
+            "portcullis_requests_total",
+            "Requests answered, by route and status code.",
+            &["route", "status"],
+        )?,
+        request_duration: histogram(
+            "portcullis_request_duration_seconds",
+            "Whole request time, from the request header to the end of the response.",
+            &["route"],
+        )?,
+        upstream_duration: histogram(
+            "portcullis_upstream_duration_seconds",
+            "Time from choosing a peer to its response header.",
+            &["upstream"],
+        )?,
+        jwt_validations: counter(
+            "portcullis_jwt_validations_total",
+            "Token checks on protected routes: ok, missing, invalid, expired, forbidden, revoked.",
+            &["policy", "result"],
+        )?,
+        rate_limited: counter(
+            "portcullis_rate_limited_total",
+            "Requests refused with 429, by limit.",
+            &["limit"],
+        )?,
+        upstream_errors: counter(
+            "portcullis_upstream_errors_total",
+            "Failures talking to upstream peers, by kind.",
+            &["upstream", "kind"],
+        )?,
+        config_reloads: counter(
+            "portcullis_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        )?,
+        build_info: {
+            let g = IntGaugeVec::new(
+                Opts::new("portcullis_build_info", "Always 1; the version is a label."),
+                &["version"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        access_log_dropped: {
+            let c = IntCounter::new(
+                "portcullis_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind.",
+            )?;
+            registry.register(Box::new(c.clone()))?;
+            c
+        },
+        registry,
+    };
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    for result in ["ok", "error"] {
+        m.config_reloads.with_label_values(&[result]);
+    }
+    Ok(m)
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: LazyLock<Metrics> =
+        LazyLock::new(|| build().expect("metric definitions are valid and unique"));
+    &M
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = metrics();
+        m.requests.with_label_values(&["/x", "200"]).inc();
+        m.request_duration.with_label_values(&["/x"]).observe(0.01);
+        m.upstream_duration
+            .with_label_values(&["api"])
+            .observe(0.01);
+        m.jwt_validations.with_label_values(&["p", "ok"]).inc();
+        m.rate_limited.with_label_values(&["l"]).inc();
+        m.upstream_errors
+            .with_label_values(&["api", "connect_refused"])
+            .inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "portcullis_requests_total{route=\"/x\",status=\"200\"}",
+            "portcullis_request_duration_seconds_bucket",
+            "portcullis_upstream_duration_seconds_count",
+            "portcullis_jwt_validations_total",
+            "portcullis_rate_limited_total",
+            "portcullis_upstream_errors_total",
+            "portcullis_config_reloads_total{result=\"ok\"} 0",
+            "portcullis_build_info{version=",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+    }
+}
