@@ -175,5 +175,37 @@ fn bench_routes(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_verify, bench_routes);
+fn bench_access_log(c: &mut Criterion) {
+    use portcullis::observe::access_log::{now_rfc3339, JwtInfo, Line, Target};
+    use portcullis::observe::AccessLog;
+    let path = std::env::temp_dir().join(format!("portcullis-bench-{}.log", std::process::id()));
+    let log = AccessLog::start(Target::File(path.clone()), vec!["sub".into()]).unwrap();
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), json!("user-1234567890"));
+    // What the request path pays: build the line (time, addresses, claims), format it, queue it.
+    c.bench_function("access log line (format + queue)", |b| {
+        b.iter(|| {
+            log.log(&Line {
+                time: now_rfc3339(),
+                remote_addr: Some("127.0.0.1:50000".to_string()),
+                method: "GET",
+                path: "/api/items/42",
+                status: 200,
+                route: Some("/api/"),
+                upstream: Some("127.0.0.1:9000".to_string()),
+                duration_ms: 0.42,
+                bytes_sent: 512,
+                jwt: Some(JwtInfo {
+                    alg: "RS256",
+                    kid: Some("key-1"),
+                }),
+                claims: claims.clone(),
+                auth_result: Some("ok"),
+            })
+        })
+    });
+    let _ = std::fs::remove_file(path);
+}
+
+criterion_group!(benches, bench_verify, bench_routes, bench_access_log);
 criterion_main!(benches);

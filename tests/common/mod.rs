@@ -110,7 +110,7 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("gateway exited with {status}: {}", self.log());
             }
-            if TcpStream::connect(self.addr).is_ok() {
+            if TcpStream::connect(self.addr).is_ok() && TcpStream::connect(self.admin).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -1,0 +1,349 @@
+//! End to end: the metrics a scrape sees and the access log lines written.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+struct Setup {
+    echo: EchoServer,
+    gw: Gateway,
+    log: PathBuf,
+}
+
+fn setup() -> Setup {
+    let echo = echo();
+    let dir = temp_dir();
+    let log = dir.join("access.log");
+    let revoked = dir.join("revoked.yaml");
+    std::fs::write(&revoked, "sub: [mallory]\n").unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  api: {{peers: ["{echo}"]}}
+  dead: {{peers: ["127.0.0.1:{dead}"]}}
+keys:
+  hmac: {{secret: "0123456789abcdef0123456789abcdef"}}
+auth:
+  users:
+    keys: hmac
+    algorithms: [HS256]
+    require: [{{claim: role, equals: user}}]
+revocation: {{file: "{revoked}"}}
+rate_limits:
+  per_sub: {{key: "claim:sub", rate: 1/m, burst: 2}}
+access_log:
+  path: "{log}"
+  claims: [sub, iss]
+routes:
+  - {{prefix: /api/, upstream: api, auth: users, rate_limit: per_sub}}
+  - {{prefix: /down/, upstream: dead}}
+  - {{prefix: /pub/, upstream: api}}
+"#,
+        echo = echo.addr,
+        dead = free_port(),
+        revoked = revoked.display(),
+        log = log.display()
+    ));
+    Setup { echo, gw, log }
+}
+
+/// Scrape `/metrics` into series → value.
+fn scrape(gw: &Gateway) -> HashMap<String, f64> {
+    let r = request(gw.admin, "GET", "/metrics", &[], None);
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    String::from_utf8(r.body)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
+    after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+}
+
+fn token(sub: &str, role: &str) -> String {
+    hs256(
+        SECRET,
+        &json!({"sub": sub, "iss": "tests", "role": role, "email": "x@y", "exp": now() + 60}),
+    )
+}
+
+/// Send the mix every test below looks at.
+fn traffic(s: &Setup) {
+    for _ in 0..3 {
+        assert_eq!(s.gw.get("/pub/x", &[]).status, 200);
+    }
+    let alice = token("alice", "user");
+    assert_eq!(s.gw.bearer("/api/1", &alice).status, 200);
+    assert_eq!(s.gw.bearer("/api/2", &alice).status, 200);
+    assert_eq!(s.gw.bearer("/api/3", &alice).status, 429);
+    assert_eq!(s.gw.get("/api/x", &[]).status, 401);
+    assert_eq!(s.gw.bearer("/api/x", "not.a.jwt").status, 401);
+    let expired = hs256(
+        SECRET,
+        &json!({"sub": "bob", "role": "user", "exp": now() - 600}),
+    );
+    assert_eq!(s.gw.bearer("/api/x", &expired).status, 401);
+    assert_eq!(s.gw.bearer("/api/x", &token("carol", "guest")).status, 403);
+    assert_eq!(s.gw.bearer("/api/x", &token("mallory", "user")).status, 401);
+    assert_eq!(s.gw.get("/nowhere", &[]).status, 404);
+    assert_eq!(s.gw.get("/down/x", &[]).status, 502);
+}
+
+#[test]
+fn metrics_count_exactly_what_happened() {
+    let s = setup();
+    let before = scrape(&s.gw);
+    traffic(&s);
+    let after = scrape(&s.gw);
+    let d = |series: &str| delta(&before, &after, series);
+    assert_eq!(
+        d(r#"portcullis_requests_total{route="/pub/",status="200"}"#),
+        3.0
+    );
+    assert_eq!(
+        d(r#"portcullis_requests_total{route="/api/",status="200"}"#),
+        2.0
+    );
+    assert_eq!(
+        d(r#"portcullis_requests_total{route="/api/",status="429"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_requests_total{route="/api/",status="401"}"#),
+        4.0
+    );
+    assert_eq!(
+        d(r#"portcullis_requests_total{route="/api/",status="403"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_requests_total{route="none",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_requests_total{route="/down/",status="502"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_jwt_validations_total{policy="users",result="ok"}"#),
+        3.0
+    );
+    assert_eq!(
+        d(r#"portcullis_jwt_validations_total{policy="users",result="missing"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_jwt_validations_total{policy="users",result="invalid"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_jwt_validations_total{policy="users",result="expired"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_jwt_validations_total{policy="users",result="forbidden"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_jwt_validations_total{policy="users",result="revoked"}"#),
+        1.0
+    );
+    assert_eq!(d(r#"portcullis_rate_limited_total{limit="per_sub"}"#), 1.0);
+    assert_eq!(
+        d(r#"portcullis_upstream_errors_total{kind="connect_refused",upstream="dead"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"portcullis_request_duration_seconds_count{route="/pub/"}"#),
+        3.0
+    );
+    assert_eq!(
+        d(r#"portcullis_upstream_duration_seconds_count{upstream="api"}"#),
+        5.0
+    );
+    assert_eq!(after[r#"portcullis_build_info{version="0.1.0"}"#], 1.0);
+    assert_eq!(
+        after[r#"portcullis_config_reloads_total{result="error"}"#],
+        0.0
+    );
+    // No label carries a subject or a token.
+    let text = String::from_utf8(request(s.gw.admin, "GET", "/metrics", &[], None).body).unwrap();
+    for secret in ["alice", "carol", "mallory", "not.a.jwt", "/api/1"] {
+        assert!(!text.contains(secret), "{secret} leaked into metrics");
+    }
+    assert_eq!(s.echo.hits(), 5);
+}
+
+/// The access log's lines, once `n` are there.
+fn log_lines(s: &Setup, n: usize) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        if lines.len() >= n || t.elapsed() > Duration::from_secs(5) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn access_log_lines_carry_the_request_and_allowed_claims() {
+    let s = setup();
+    traffic(&s);
+    let lines = log_lines(&s, 13);
+    assert_eq!(lines.len(), 13, "{lines:#?}");
+    let by_path = |p: &str| -> &Value {
+        lines
+            .iter()
+            .find(|l| l["path"] == p)
+            .unwrap_or_else(|| panic!("no line for {p}"))
+    };
+    let ok = by_path("/api/1");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["route"], "/api/");
+    assert_eq!(ok["upstream"], s.echo.addr.to_string());
+    assert_eq!(ok["auth_result"], "ok");
+    assert_eq!(ok["jwt"], json!({"alg": "HS256", "kid": null}));
+    // Only the allow-listed claims: not email, not role.
+    assert_eq!(ok["claims"], json!({"sub": "alice", "iss": "tests"}));
+    assert!(ok["remote_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(ok["bytes_sent"].as_u64().unwrap() > 0);
+    assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0);
+    let time = ok["time"].as_str().unwrap();
+    assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+    let limited = by_path("/api/3");
+    assert_eq!(limited["status"], 429);
+    assert_eq!(limited["upstream"], Value::Null);
+    let pub_line = by_path("/pub/x");
+    assert_eq!(pub_line["auth_result"], Value::Null);
+    assert_eq!(pub_line["jwt"], Value::Null);
+    assert_eq!(pub_line["claims"], json!({}));
+    let results: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["path"] == "/api/x")
+        .map(|l| l["auth_result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        results,
+        ["missing", "invalid", "expired", "forbidden", "revoked"]
+    );
+    // Refused tokens' claims are never logged.
+    for l in lines.iter().filter(|l| l["path"] == "/api/x") {
+        assert_eq!(l["claims"], json!({}), "{l}");
+        assert_eq!(l["jwt"], Value::Null, "{l}");
+    }
+    assert_eq!(by_path("/nowhere")["route"], Value::Null);
+    assert_eq!(by_path("/down/x")["status"], 502);
+}
+
+#[test]
+fn query_strings_stay_out_of_the_log() {
+    let s = setup();
+    assert_eq!(
+        s.gw.get("/pub/x?apijwt=secret.token.value", &[]).status,
+        200
+    );
+    let lines = log_lines(&s, 1);
+    assert_eq!(lines[0]["path"], "/pub/x");
+    let text = std::fs::read_to_string(&s.log).unwrap();
+    assert!(!text.contains("secret.token.value"));
+}
+
+#[test]
+fn sigusr1_reopens_the_log_file() {
+    let s = setup();
+    assert_eq!(s.gw.get("/pub/one", &[]).status, 200);
+    assert_eq!(log_lines(&s, 1).len(), 1);
+    let rotated = s.log.with_extension("log.1");
+    std::fs::rename(&s.log, &rotated).unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-USR1", &s.gw.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    // The writer reopens within its 200 ms tick; requests go on meanwhile.
+    let t = Instant::now();
+    while !s.log.exists() && t.elapsed() < Duration::from_secs(3) {
+        assert_eq!(s.gw.get("/pub/two", &[]).status, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.gw.get("/pub/three", &[]).status, 200);
+    let fresh = log_lines(&s, 1);
+    assert!(fresh.iter().any(|l| l["path"] == "/pub/three"), "{fresh:?}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("/pub/one"));
+    assert!(!old.contains("/pub/three"));
+}
+
+#[test]
+fn admin_endpoints() {
+    let s = setup();
+    let r = request(s.gw.admin, "GET", "/readyz", &[], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["ready"], true);
+    assert_eq!(
+        request(s.gw.admin, "GET", "/healthz", &[], None).status,
+        200
+    );
+    let r = request(s.gw.admin, "GET", "/metrics/extra", &[], None);
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        request(s.gw.admin, "POST", "/anything", &[], Some(b"x")).status,
+        404
+    );
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_we_export() {
+    let s = setup();
+    traffic(&s);
+    let text = String::from_utf8(request(s.gw.admin, "GET", "/metrics", &[], None).body).unwrap();
+    let exported: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let dash = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/grafana/portcullis.json"),
+    )
+    .unwrap();
+    let doc: Value = serde_json::from_str(&dash).unwrap();
+    let mut used = 0;
+    for panel in doc["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("portcullis_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = name.trim_end_matches("_bucket");
+                assert!(exported.contains(&family), "{name} is not exported");
+                used += 1;
+            }
+        }
+    }
+    assert!(used >= 8);
+}
