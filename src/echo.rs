@@ -2,7 +2,8 @@
 //!
 //! Used by `portcullis demo` as the upstream, and by the tests to see exactly what the gateway
 //! forwarded. It speaks keep-alive, Content-Length and chunked request bodies; a request may ask
-//! for a status with the query argument `echo_status=NNN`.
+//! for a status with the query argument `echo_status=NNN`, and for a slow answer with
+//! `echo_delay_ms=N`.
 
 use serde_json::json;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -128,15 +129,18 @@ fn serve(conn: TcpStream, me: SocketAddr, hits: &AtomicUsize) -> io::Result<()> 
         }
         hits.fetch_add(1, Ordering::SeqCst);
 
-        let status = target
-            .split_once('?')
-            .and_then(|(_, q)| {
-                q.split('&')
-                    .find_map(|kv| kv.strip_prefix("echo_status="))
-                    .and_then(|s| s.parse::<u16>().ok())
-            })
+        let query_arg = |name: &str| -> Option<u64> {
+            let (_, q) = target.split_once('?')?;
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        };
+        let status = query_arg("echo_status")
             .filter(|s| (200..600).contains(s))
             .unwrap_or(200);
+        if let Some(ms) = query_arg("echo_delay_ms") {
+            thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
+        }
         let doc = json!({
             "method": method,
             "path": target,

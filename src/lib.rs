@@ -13,6 +13,7 @@ pub mod mint;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod upstream;
 

@@ -25,6 +25,11 @@ enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
+    /// Validate a config file, then tell the running gateway (by `server.pid_file`) to reload.
+    Reload {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
     /// Mint a signed test token.
     Token {
         /// Private key: PEM (RSA, EC, Ed25519) or a private JWK/JWKS (`--kid` picks the key).
@@ -102,8 +107,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            serve(policy)
+            serve(policy, &config)
         }
+        Command::Reload { config } => reload(&config),
         Command::Token {
             key,
             secret,
@@ -162,7 +168,45 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn serve(policy: portcullis::policy::Policy) -> ExitCode {
+fn reload(config: &std::path::Path) -> ExitCode {
+    let policy = match portcullis::load_policy(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: not reloading", config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(pid_file) = policy.pid_file else {
+        eprintln!(
+            "{}: server.pid_file is not set, so the running process cannot be found; send it SIGHUP yourself",
+            config.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let pid: i32 = match std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        Some(p) if p > 0 => p,
+        _ => {
+            eprintln!("cannot read a pid from {}", pid_file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: kill(2) with a positive pid and a valid signal number has no memory effects.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        eprintln!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("reload signal sent to pid {pid}");
+    ExitCode::SUCCESS
+}
+
+fn serve(policy: portcullis::policy::Policy, config: &std::path::Path) -> ExitCode {
     for w in &policy.warnings {
         log::warn!("{w}");
     }
@@ -173,8 +217,8 @@ fn serve(policy: portcullis::policy::Policy) -> ExitCode {
         listen.join(", "),
         policy.routes.routes().len()
     );
-    match portcullis::server::build(policy) {
-        Ok(built) => built.server.run_forever(),
+    match portcullis::server::build(policy, config) {
+        Ok(built) => portcullis::server::run(built),
         Err(e) => {
             eprintln!("cannot start: {e}");
             ExitCode::FAILURE
@@ -259,5 +303,5 @@ fn demo(config: &std::path::Path) -> ExitCode {
     println!("# a public route: 200 without a token");
     println!("curl -i {base}/");
     println!();
-    serve(policy)
+    serve(policy, config)
 }

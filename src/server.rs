@@ -1,52 +1,52 @@
-//! Build the Pingora server for a compiled policy: the proxy service and the admin service.
+//! Build and run the Pingora server for a compiled policy: the proxy service, the admin service,
+//! SIGHUP reloads, and a graceful stop that ends as soon as requests in flight are done.
 
-use crate::observe::{AccessLog, Admin};
+use crate::observe::Admin;
 use crate::policy::Policy;
-use crate::proxy::Gateway;
-use arc_swap::ArcSwap;
+use crate::proxy::{in_flight, Gateway};
+use crate::reload::{Live, Reloader};
+use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Seconds the runtime gets to finish requests in flight after SIGTERM.
-pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
-
-/// A ready-to-run server and a handle on the policy it serves.
+/// A ready-to-run server.
 pub struct Built {
     pub server: Server,
-    pub policy: Arc<ArcSwap<Policy>>,
+    pub live: Arc<Live>,
+    pub reloader: Arc<Reloader>,
+    pub pid_file: Option<PathBuf>,
+    pub shutdown_timeout: Duration,
 }
 
-/// Build (but do not start) the server. Listening sockets are bound when it runs; the access log
-/// file is opened now, so a bad path fails here.
-pub fn build(policy: Policy) -> std::io::Result<Built> {
+/// Build (but do not start) the server for the policy compiled from `file`. Listening sockets are
+/// bound when it runs; the access log file is opened now, so a bad path fails here.
+pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
+    let shutdown_timeout = policy.shutdown_timeout;
     let conf = ServerConf {
         threads: policy.threads,
-        // Stop promptly: no grace period for a socket hand-over we do not use, and a short
-        // window for requests in flight.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        // After SIGTERM the listeners close and requests in flight get up to the grace period;
+        // `drain` ends the process as soon as they are done.
+        grace_period_seconds: Some(shutdown_timeout.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    if let Some(rev) = &policy.revocation {
-        crate::limit::Revocation::watch(rev);
-    }
+    // Keep SIGUSR1 (log reopening) from ending the process, access log or not.
     crate::observe::access_log::reopen_flag();
-    let access_log = match &policy.access_log {
-        Some((target, claims)) => Some(AccessLog::start(target.clone(), claims.clone())?),
-        None => None,
-    };
+    let pid_file = policy.pid_file.clone();
     let listen = policy.listen.clone();
     let admin = policy.admin;
-    let shared = Arc::new(ArcSwap::from_pointee(policy));
+    let live = Live::new(policy)?;
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(shared.clone(), access_log),
+        Gateway::new(live.clone()),
         "portcullis proxy",
     );
     for addr in &listen {
@@ -55,17 +55,102 @@ pub fn build(policy: Policy) -> std::io::Result<Built> {
     server.add_service(proxy);
 
     if let Some(addr) = admin {
-        let app = Admin {
-            policy: shared.clone(),
-        };
+        let app = Admin { live: live.clone() };
         let mut svc = Service::new("portcullis admin".to_string(), HttpServer::new_app(app));
         svc.add_tcp(&addr.to_string());
         // One thread is plenty for health checks and scrapes.
         svc.threads = Some(1);
         server.add_service(svc);
     }
+    let reloader = Arc::new(Reloader::new(file, live.clone()));
     Ok(Built {
         server,
-        policy: shared,
+        live,
+        reloader,
+        pid_file,
+        shutdown_timeout,
     })
+}
+
+/// SIGTERM/SIGQUIT: graceful stop; SIGINT: immediate stop.
+struct Signals {
+    pid_file: Option<PathBuf>,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot watch stop signals");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = quit.recv() => {}
+            _ = int.recv() => {
+                log::info!("SIGINT: stopping now");
+                remove_pid_file(self.pid_file.as_deref());
+                return ShutdownSignal::FastShutdown;
+            }
+        }
+        log::info!(
+            "stopping: no new connections; up to {:?} for requests in flight",
+            self.timeout
+        );
+        drain(self.pid_file.clone(), self.timeout);
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Exit as soon as no request is in flight (checked every 20 ms), or let Pingora's grace period
+/// run out.
+fn drain(pid_file: Option<PathBuf>, timeout: Duration) {
+    let _ = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            let start = Instant::now();
+            // Let the listeners see the shutdown before counting.
+            std::thread::sleep(Duration::from_millis(50));
+            while in_flight() > 0 && start.elapsed() < timeout {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // The access log writer flushes every 200 ms at most.
+            std::thread::sleep(Duration::from_millis(250));
+            remove_pid_file(pid_file.as_deref());
+            log::info!("stopped after {:?}", start.elapsed());
+            std::process::exit(0);
+        });
+}
+
+fn remove_pid_file(p: Option<&Path>) {
+    if let Some(p) = p {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Run until stopped: writes the pid file, reloads on SIGHUP, exits the process at the end.
+pub fn run(built: Built) -> ! {
+    if let Some(p) = &built.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            log::error!("cannot write the pid file {}: {e}", p.display());
+        }
+    }
+    if let Err(e) = Reloader::on_sighup(built.reloader.clone()) {
+        log::error!("cannot watch SIGHUP, reloads are off: {e}");
+    }
+    let signals = Signals {
+        pid_file: built.pid_file.clone(),
+        timeout: built.shutdown_timeout,
+    };
+    built.server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    remove_pid_file(built.pid_file.as_deref());
+    std::process::exit(0)
 }

@@ -130,8 +130,12 @@ pub struct ServerConfig {
     pub listen: OneOrMany<String>,
     /// Worker threads; default: the number of cores.
     pub threads: Option<usize>,
-    /// Optional admin listener (`/healthz`).
+    /// Optional admin listener (`/healthz`, `/readyz`, `/metrics`).
     pub admin: Option<String>,
+    /// File the process writes its pid to; `portcullis reload` reads it.
+    pub pid_file: Option<String>,
+    /// How long SIGTERM waits for requests in flight (default 10s).
+    pub shutdown_timeout: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +144,8 @@ impl Default for ServerConfig {
             listen: default_listen(),
             threads: None,
             admin: None,
+            pid_file: None,
+            shutdown_timeout: None,
         }
     }
 }

@@ -199,6 +199,15 @@ impl RateLimiter {
         }
     }
 
+    /// Same key, rate, burst and bound: a reload may keep this limiter's buckets.
+    pub fn same_definition(&self, other: &RateLimiter) -> bool {
+        self.name == other.name
+            && self.key == other.key
+            && self.rate == other.rate
+            && self.burst == other.burst
+            && self.max_keys == other.max_keys
+    }
+
     /// Buckets held now (for tests and the bound).
     pub fn len(&self) -> usize {
         self.shards

@@ -1,8 +1,7 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`.
 
 use super::metrics::metrics;
-use crate::policy::Policy;
-use arc_swap::ArcSwap;
+use crate::reload::Live;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
@@ -13,7 +12,7 @@ use std::time::Duration;
 
 /// Answers on `server.admin`.
 pub struct Admin {
-    pub policy: Arc<ArcSwap<Policy>>,
+    pub live: Arc<Live>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -48,7 +47,7 @@ async fn accepting(addr: SocketAddr) -> bool {
 impl Admin {
     /// Why the gateway is not ready, if it is not.
     async fn not_ready(&self) -> Option<String> {
-        let policy = self.policy.load_full();
+        let policy = self.live.policy.load_full();
         for addr in &policy.listen {
             if !accepting(*addr).await {
                 return Some(format!("listener {addr} is not accepting connections"));

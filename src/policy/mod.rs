@@ -31,6 +31,8 @@ pub struct Policy {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
     pub admin: Option<SocketAddr>,
+    pub pid_file: Option<std::path::PathBuf>,
+    pub shutdown_timeout: std::time::Duration,
     pub routes: RouteTable,
     pub verifiers: BTreeMap<String, Arc<Verifier>>,
     pub key_sets: BTreeMap<String, KeySet>,
@@ -69,6 +71,12 @@ fn default_threads() -> usize {
 
 /// Compile a loaded config. On failure, every error found is returned.
 pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
+    compile_with(loaded, None)
+}
+
+/// Compile, taking over run-time state from the policy in force (a reload): rate limiters whose
+/// definition is unchanged keep their buckets.
+pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy, ConfigErrors> {
     let mut errors: Vec<ConfigError> = loaded.errors.clone();
     let cfg = &loaded.config;
 
@@ -119,6 +127,24 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
                 None
             }
         });
+    let pid_file = cfg.server.pid_file.as_ref().map(|p| loaded.resolve(p));
+    let shutdown_timeout = match &cfg.server.shutdown_timeout {
+        None => std::time::Duration::from_secs(10),
+        Some(s) => match parse_duration(s) {
+            Ok(d) if d.as_secs() <= 3600 => d,
+            Ok(_) => {
+                errors.push(ConfigError::new(
+                    "server.shutdown_timeout",
+                    format!("{s:?} is more than 1h"),
+                ));
+                std::time::Duration::ZERO
+            }
+            Err(e) => {
+                errors.push(ConfigError::new("server.shutdown_timeout", e));
+                std::time::Duration::ZERO
+            }
+        },
+    };
     if let Some(a) = admin {
         if listen.contains(&a) {
             errors.push(ConfigError::new(
@@ -259,10 +285,13 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
             ));
         }
         if let (Some(key), Some(rate), true) = (key, rate, errors.len() == before) {
-            rate_limits.insert(
-                name.clone(),
-                Arc::new(RateLimiter::new(name, key, rate, l.burst, max_keys)),
-            );
+            let fresh = RateLimiter::new(name, key, rate, l.burst, max_keys);
+            // Same definition as the limit in force: keep its buckets.
+            let kept = previous
+                .and_then(|p| p.rate_limits.get(name))
+                .filter(|old| old.same_definition(&fresh))
+                .cloned();
+            rate_limits.insert(name.clone(), kept.unwrap_or_else(|| Arc::new(fresh)));
         }
     }
 
@@ -429,6 +458,8 @@ pub fn compile(loaded: &Loaded) -> Result<Policy, ConfigErrors> {
         listen,
         threads,
         admin,
+        pid_file,
+        shutdown_timeout,
         routes,
         verifiers,
         key_sets,
@@ -668,6 +699,14 @@ fn describe_keys(keys: &[Arc<crate::auth::keys::Key>]) -> String {
 }
 
 impl Policy {
+    /// Start the work that runs beside the request path for as long as this policy is alive:
+    /// watching the revocation file. (Each task holds a weak reference and ends with it.)
+    pub fn start_background(&self) {
+        if let Some(rev) = &self.revocation {
+            Revocation::watch(rev);
+        }
+    }
+
     /// The one-screen summary printed by `check`.
     pub fn summary(&self) -> String {
         let mut s = String::new();

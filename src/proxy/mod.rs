@@ -5,10 +5,9 @@ use crate::error::Reject;
 use crate::limit::{clock_nanos, LimitKey, RateLimiter};
 use crate::observe::access_log::{now_rfc3339, JwtInfo, Line};
 use crate::observe::metrics::{metrics, NO_ROUTE};
-use crate::observe::AccessLog;
 use crate::policy::routes::has_dot_segments;
 use crate::policy::{Policy, Route};
-use arc_swap::ArcSwap;
+use crate::reload::Live;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -16,16 +15,23 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long to wait for a TCP connection to a peer before trying another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The proxy. Holds the current policy; each request takes one snapshot of it.
+/// The proxy. Holds the live policy; each request takes one snapshot of it.
 pub struct Gateway {
-    pub policy: Arc<ArcSwap<Policy>>,
-    pub access_log: Option<Arc<AccessLog>>,
+    pub live: Arc<Live>,
+}
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Requests between `new_ctx` and the end of `logging` (or an abort).
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::SeqCst)
 }
 
 /// Per-request state.
@@ -47,11 +53,19 @@ pub struct Ctx {
     pub jwt: Option<(&'static str, Option<String>)>,
     /// Allow-listed claims of the verified token, for the access log.
     pub log_claims: serde_json::Map<String, serde_json::Value>,
+    /// The access log in force when the request started.
+    pub access_log: Option<Arc<crate::observe::AccessLog>>,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Gateway {
-    pub fn new(policy: Arc<ArcSwap<Policy>>, access_log: Option<Arc<AccessLog>>) -> Self {
-        Gateway { policy, access_log }
+    pub fn new(live: Arc<Live>) -> Self {
+        Gateway { live }
     }
 }
 
@@ -140,7 +154,9 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         Ctx {
+            access_log: None,
             start: Instant::now(),
             policy: None,
             route: None,
@@ -155,7 +171,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let policy = self.policy.load_full();
+        let policy = self.live.policy.load_full();
+        ctx.access_log = self.live.access_log.load_full();
         let req = session.req_header();
         let decision = if has_dot_segments(req.uri.path()) {
             Err(Reject::BadRequest(
@@ -206,7 +223,7 @@ impl ProxyHttp for Gateway {
                 .jwt_validations
                 .with_label_values(&[&route.auth[which].name, result])
                 .inc();
-            if let (Ok(passed), Some(log)) = (&checked, &self.access_log) {
+            if let (Ok(passed), Some(log)) = (&checked, &ctx.access_log) {
                 ctx.jwt = Some((auth::verify::alg_name(passed.alg), passed.kid.clone()));
                 for c in &log.claims {
                     if let Some(v) = passed.claims.get(c) {
@@ -360,7 +377,7 @@ impl ProxyHttp for Gateway {
 
 impl Gateway {
     fn log_request(&self, session: &Session, ctx: &Ctx, status: u16) {
-        let Some(log) = &self.access_log else { return };
+        let Some(log) = &ctx.access_log else { return };
         let req = session.req_header();
         log.log(&Line {
             time: now_rfc3339(),

@@ -1,0 +1,139 @@
+//! Reload: re-read the config file, compile it completely, and swap it in atomically. An invalid
+//! config is refused as a whole and the one in force keeps serving.
+//!
+//! Requests in flight keep the `Arc<Policy>` snapshot they started with; new requests see the new
+//! one. Listen addresses, the admin address and the thread count are bound at start: a change to
+//! them is logged as needing a restart and the running values are kept.
+
+use crate::config::{self, ConfigErrors};
+use crate::observe::{metrics, AccessLog};
+use crate::policy::{self, Policy};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What the request path reads, swapped as a whole on reload.
+pub struct Live {
+    pub policy: ArcSwap<Policy>,
+    pub access_log: ArcSwapOption<AccessLog>,
+}
+
+impl Live {
+    /// Start serving `policy`: its background work, and its access log.
+    pub fn new(policy: Policy) -> std::io::Result<Arc<Live>> {
+        policy.start_background();
+        let log = match &policy.access_log {
+            Some((target, claims)) => Some(AccessLog::start(target.clone(), claims.clone())?),
+            None => None,
+        };
+        Ok(Arc::new(Live {
+            policy: ArcSwap::from_pointee(policy),
+            access_log: ArcSwapOption::new(log),
+        }))
+    }
+}
+
+/// Reloads one config file into a `Live`.
+pub struct Reloader {
+    pub file: PathBuf,
+    pub live: Arc<Live>,
+    /// One reload at a time.
+    lock: Mutex<()>,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug)]
+pub enum ReloadError {
+    Config(ConfigErrors),
+    AccessLog(std::io::Error),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Config(e) => write!(f, "{e}"),
+            ReloadError::AccessLog(e) => write!(f, "access log: {e}"),
+        }
+    }
+}
+
+impl Reloader {
+    pub fn new(file: &Path, live: Arc<Live>) -> Reloader {
+        Reloader {
+            file: file.to_path_buf(),
+            live,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Reload now; counts the result in `portcullis_config_reloads_total`.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.try_reload();
+        let label = if result.is_ok() { "ok" } else { "error" };
+        metrics().config_reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(()) => log::info!("configuration reloaded from {}", self.file.display()),
+            Err(e) => {
+                log::error!("configuration reload refused, the previous one stays in force:\n{e}")
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), ReloadError> {
+        let old = self.live.policy.load_full();
+        let loaded = config::load(&self.file).map_err(ReloadError::Config)?;
+        let mut new = policy::compile_with(&loaded, Some(&old)).map_err(ReloadError::Config)?;
+        if new.listen != old.listen {
+            log::warn!(
+                "server.listen changed: restart to apply; still listening on the old addresses"
+            );
+            new.listen = old.listen.clone();
+        }
+        if new.admin != old.admin {
+            log::warn!("server.admin changed: restart to apply");
+            new.admin = old.admin;
+        }
+        if new.threads != old.threads {
+            log::warn!("server.threads changed: restart to apply");
+            new.threads = old.threads;
+        }
+        for w in &new.warnings {
+            log::warn!("{w}");
+        }
+        // The access log: keep the running writer unless its target or claims changed.
+        let log_changed = new.access_log != old.access_log;
+        let new_log = if !log_changed {
+            self.live.access_log.load_full()
+        } else {
+            match &new.access_log {
+                Some((target, claims)) => Some(
+                    AccessLog::start(target.clone(), claims.clone())
+                        .map_err(ReloadError::AccessLog)?,
+                ),
+                None => None,
+            }
+        };
+        new.start_background();
+        self.live.policy.store(Arc::new(new));
+        if log_changed {
+            self.live.access_log.store(new_log);
+        }
+        Ok(())
+    }
+
+    /// Reload on every SIGHUP, on a thread of its own.
+    pub fn on_sighup(this: Arc<Reloader>) -> std::io::Result<()> {
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    log::info!("SIGHUP: reloading {}", this.file.display());
+                    let _ = this.reload();
+                }
+            })?;
+        Ok(())
+    }
+}
