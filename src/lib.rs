@@ -5,6 +5,7 @@
 //! (`upstream::Pool`) → upstream request with claim headers.
 
 pub mod auth;
+pub mod background;
 pub mod config;
 pub mod echo;
 pub mod error;

@@ -160,6 +160,14 @@ pub struct UpstreamConfig {
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
     pub balance: Balance,
+    /// For `consistent_hash`: `claim:NAME`, `header:NAME` or `ip`.
+    pub hash_key: Option<String>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub tls: Option<TlsConfig>,
+    /// Attempts per request when connections fail (default 2).
+    pub tries: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -167,6 +175,33 @@ pub struct UpstreamConfig {
 pub enum Balance {
     #[default]
     RoundRobin,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKindConfig {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub kind: HealthKindConfig,
+    /// For `http`: the path to GET (default `/`).
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

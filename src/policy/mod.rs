@@ -17,7 +17,8 @@ use crate::limit::{
     parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS,
 };
 use crate::observe::access_log::Target;
-use crate::upstream::{Pool, MAX_WEIGHT};
+use crate::config::{Balance, HealthKindConfig, UpstreamConfig};
+use crate::upstream::{HashKey, HealthCheck, HealthKind, PeerSettings, Pool, Tls, MAX_WEIGHT};
 use http::{HeaderName, Method};
 use jsonwebtoken::Algorithm;
 use std::collections::BTreeMap;
@@ -184,8 +185,13 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
                 Err(e) => errors.push(ConfigError::new(ppath, e)),
             }
         }
-        if peers.len() == u.peers.len() {
-            upstreams.insert(name.clone(), Arc::new(Pool::new(name, peers)));
+        let before = errors.len();
+        let (hash_key, settings, health_check) = upstream_settings(&path, u, &mut errors);
+        if peers.len() == u.peers.len() && errors.len() == before {
+            upstreams.insert(
+                name.clone(),
+                Arc::new(Pool::with(name, peers, hash_key, settings, health_check)),
+            );
         }
     }
 
@@ -398,6 +404,17 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
                 )),
             }
         }
+        if let (Some(u), true) = (&upstream, policy_names.is_empty()) {
+            if matches!(u.hash_key, Some(HashKey::Claim(_))) {
+                errors.push(ConfigError::new(
+                    format!("{path}.upstream"),
+                    format!(
+                        "upstream {:?} hashes on a claim, but this route has no auth",
+                        r.upstream
+                    ),
+                ));
+            }
+        }
         // A route whose policy or limit failed is never built: fail closed.
         let complete = auth.len() == policy_names.len()
             && pre_auth_limits.len() + post_auth_limits.len() == limit_names.len();
@@ -470,6 +487,171 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
         access_log,
         warnings,
     })
+}
+
+/// A duration field that must lie in `range`.
+fn duration_field(
+    field: String,
+    value: &Option<String>,
+    default: std::time::Duration,
+    range: std::ops::RangeInclusive<std::time::Duration>,
+    errors: &mut Vec<ConfigError>,
+) -> std::time::Duration {
+    let Some(v) = value else { return default };
+    match parse_duration(v) {
+        Ok(d) if range.contains(&d) => d,
+        Ok(_) => {
+            errors.push(ConfigError::new(
+                field,
+                format!(
+                    "{v:?} is out of range {:?}..={:?}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+            default
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(field, e));
+            default
+        }
+    }
+}
+
+fn upstream_settings(
+    path: &str,
+    u: &UpstreamConfig,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<HashKey>, PeerSettings, Option<HealthCheck>) {
+    use std::time::Duration;
+    let hash_key = match (u.balance, &u.hash_key) {
+        (Balance::ConsistentHash, Some(k)) => HashKey::parse(k)
+            .map_err(|e| errors.push(ConfigError::new(format!("{path}.hash_key"), e)))
+            .ok(),
+        (Balance::ConsistentHash, None) => {
+            errors.push(ConfigError::new(
+                format!("{path}.hash_key"),
+                "consistent_hash needs a hash_key (claim:NAME, header:NAME or ip)",
+            ));
+            None
+        }
+        (Balance::RoundRobin, Some(_)) => {
+            errors.push(ConfigError::new(
+                format!("{path}.hash_key"),
+                "only applies to balance: consistent_hash",
+            ));
+            None
+        }
+        (Balance::RoundRobin, None) => None,
+    };
+    let d = PeerSettings::default();
+    let ms = Duration::from_millis;
+    let connect_timeout = duration_field(
+        format!("{path}.connect_timeout"),
+        &u.connect_timeout,
+        d.connect_timeout,
+        ms(1)..=Duration::from_secs(300),
+        errors,
+    );
+    let read_timeout = duration_field(
+        format!("{path}.read_timeout"),
+        &u.read_timeout,
+        d.read_timeout,
+        ms(1)..=Duration::from_secs(3600),
+        errors,
+    );
+    let tries = match u.tries {
+        None => d.tries,
+        Some(n) if (1..=10).contains(&n) => n,
+        Some(n) => {
+            errors.push(ConfigError::new(
+                format!("{path}.tries"),
+                format!("{n} is out of range 1..=10"),
+            ));
+            d.tries
+        }
+    };
+    let tls = u.tls.as_ref().map(|t| Tls {
+        sni: t.sni.clone().unwrap_or_default(),
+        verify: t.verify.unwrap_or(true),
+    });
+    let health_check = u.health_check.as_ref().and_then(|h| {
+        let hpath = format!("{path}.health_check");
+        let kind = match (h.kind, &h.path) {
+            (HealthKindConfig::Tcp, None) => HealthKind::Tcp,
+            (HealthKindConfig::Tcp, Some(_)) => {
+                errors.push(ConfigError::new(
+                    format!("{hpath}.path"),
+                    "only applies to kind: http",
+                ));
+                return None;
+            }
+            (HealthKindConfig::Http, p) => {
+                let p = p.clone().unwrap_or_else(|| "/".into());
+                if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    errors.push(ConfigError::new(
+                        format!("{hpath}.path"),
+                        format!("{p:?} must start with / and have no spaces"),
+                    ));
+                    return None;
+                }
+                if tls.is_some() {
+                    errors.push(ConfigError::new(
+                        format!("{hpath}.kind"),
+                        "http checks do not speak TLS yet: use kind: tcp for a TLS upstream",
+                    ));
+                    return None;
+                }
+                HealthKind::Http { path: p }
+            }
+        };
+        let interval = duration_field(
+            format!("{hpath}.interval"),
+            &h.interval,
+            Duration::from_secs(5),
+            ms(100)..=Duration::from_secs(3600),
+            errors,
+        );
+        let timeout = duration_field(
+            format!("{hpath}.timeout"),
+            &h.timeout,
+            Duration::from_secs(1),
+            ms(10)..=Duration::from_secs(60),
+            errors,
+        );
+        let mut count = |field: &str, v: Option<u32>| -> u32 {
+            match v {
+                None => 2,
+                Some(n) if (1..=100).contains(&n) => n,
+                Some(n) => {
+                    errors.push(ConfigError::new(
+                        format!("{hpath}.{field}"),
+                        format!("{n} is out of range 1..=100"),
+                    ));
+                    2
+                }
+            }
+        };
+        let unhealthy_after = count("unhealthy_after", h.unhealthy_after);
+        let healthy_after = count("healthy_after", h.healthy_after);
+        Some(HealthCheck {
+            kind,
+            interval,
+            timeout,
+            unhealthy_after,
+            healthy_after,
+        })
+    });
+    (
+        hash_key,
+        PeerSettings {
+            connect_timeout,
+            read_timeout,
+            tls,
+            tries,
+        },
+        health_check,
+    )
 }
 
 fn names(v: &[String]) -> String {
@@ -700,10 +882,13 @@ fn describe_keys(keys: &[Arc<crate::auth::keys::Key>]) -> String {
 
 impl Policy {
     /// Start the work that runs beside the request path for as long as this policy is alive:
-    /// watching the revocation file. (Each task holds a weak reference and ends with it.)
+    /// watching the revocation file, health-checking upstream peers. (Each task holds a weak reference and ends with it.)
     pub fn start_background(&self) {
         if let Some(rev) = &self.revocation {
             Revocation::watch(rev);
+        }
+        for pool in self.upstreams.values() {
+            crate::upstream::health::watch(pool);
         }
     }
 

@@ -8,6 +8,7 @@ use crate::observe::metrics::{metrics, NO_ROUTE};
 use crate::policy::routes::has_dot_segments;
 use crate::policy::{Policy, Route};
 use crate::reload::Live;
+use crate::upstream::HashKey;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -17,10 +18,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long to wait for a TCP connection to a peer before trying another.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use std::time::Instant;
 
 /// The proxy. Holds the live policy; each request takes one snapshot of it.
 pub struct Gateway {
@@ -55,6 +53,8 @@ pub struct Ctx {
     pub log_claims: serde_json::Map<String, serde_json::Value>,
     /// The access log in force when the request started.
     pub access_log: Option<Arc<crate::observe::AccessLog>>,
+    /// For a pool hashing on a claim: the claim's value.
+    pub hash_key: Vec<u8>,
 }
 
 impl Drop for Ctx {
@@ -157,6 +157,7 @@ impl ProxyHttp for Gateway {
         IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         Ctx {
             access_log: None,
+            hash_key: Vec::new(),
             start: Instant::now(),
             policy: None,
             route: None,
@@ -247,7 +248,12 @@ impl ProxyHttp for Gateway {
                 Ok(passed)
             });
             match checked {
-                Ok(passed) => ctx.forward = passed.forward,
+                Ok(passed) => {
+                    if let Some(HashKey::Claim(c)) = &route.upstream.hash_key {
+                        ctx.hash_key = claim_key(&passed.claims, c);
+                    }
+                    ctx.forward = passed.forward;
+                }
                 Err(reject) => {
                     ctx.policy = Some(policy);
                     ctx.route = Some(route);
@@ -260,12 +266,23 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let addr = route.upstream.select(&ctx.failed).ok_or_else(|| {
+        let pool = &route.upstream;
+        let key: Vec<u8> = match &pool.hash_key {
+            None => Vec::new(),
+            Some(HashKey::Claim(_)) => std::mem::take(&mut ctx.hash_key),
+            Some(HashKey::Header(h)) => limit_key_header(session.req_header(), h),
+            Some(HashKey::Ip) => ip_key(session),
+        };
+        let chosen = pool.select(&key, &ctx.failed);
+        if matches!(pool.hash_key, Some(HashKey::Claim(_))) {
+            ctx.hash_key = key; // kept for a retry
+        }
+        let addr = chosen.ok_or_else(|| {
             metrics()
                 .upstream_errors
                 .with_label_values(&[&route.upstream.name, "no_peer"])
@@ -277,8 +294,18 @@ impl ProxyHttp for Gateway {
         })?;
         ctx.peer = Some(addr);
         ctx.upstream_start = Some(Instant::now());
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        let settings = &route.upstream.settings;
+        let mut peer = match &settings.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => {
+                let mut p = HttpPeer::new(addr, true, tls.sni.clone());
+                p.options.verify_cert = tls.verify;
+                p.options.verify_hostname = tls.verify;
+                p
+            }
+        };
+        peer.options.connection_timeout = Some(settings.connect_timeout);
+        peer.options.read_timeout = Some(settings.read_timeout);
         Ok(Box::new(peer))
     }
 
@@ -304,7 +331,7 @@ impl ProxyHttp for Gateway {
                 .inc();
         }
         // Nothing was sent: any method may go to another peer, within the pool's try budget.
-        let budget = ctx.route.as_ref().map_or(1, |r| r.upstream.max_tries);
+        let budget = ctx.route.as_ref().map_or(1, |r| r.upstream.settings.tries);
         if ctx.failed.len() < budget {
             e.set_retry(true);
         }

@@ -1,22 +1,100 @@
-//! Upstream pools: a set of peers and how one is picked for a request.
+//! Upstream pools: a set of peers, how one is picked for a request, and their health.
 
+pub mod health;
+
+pub use health::{HealthCheck, HealthKind};
+
+use http::HeaderName;
 use pingora_load_balancing::discovery::Static;
-use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
 /// The largest weight one peer may have (the selector repeats a peer `weight` times).
 pub const MAX_WEIGHT: u32 = 1000;
 
-/// A named pool of peers, balanced by weighted round robin.
+/// What a consistent-hash pool hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A claim of the verified token (routes to such a pool must have auth).
+    Claim(String),
+    Header(HeaderName),
+    Ip,
+}
+
+impl HashKey {
+    pub fn parse(s: &str) -> Result<HashKey, String> {
+        if s == "ip" {
+            return Ok(HashKey::Ip);
+        }
+        match s.split_once(':') {
+            Some(("claim", c)) if !c.is_empty() => Ok(HashKey::Claim(c.to_string())),
+            Some(("header", h)) if !h.is_empty() => HeaderName::from_bytes(h.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid header name {h:?}")),
+            _ => Err(format!(
+                "invalid hash_key {s:?}: use claim:NAME, header:NAME or ip"
+            )),
+        }
+    }
+}
+
+/// TLS to the peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Server name sent and verified; empty: the peer's address.
+    pub sni: String,
+    /// Verify the peer's certificate against the system roots (`SSL_CERT_FILE` is honoured).
+    pub verify: bool,
+}
+
+/// Connection settings for a pool's peers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerSettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub tls: Option<Tls>,
+    /// Attempts per request: the first plus retries after a failed connection.
+    pub tries: usize,
+}
+
+impl Default for PeerSettings {
+    fn default() -> Self {
+        PeerSettings {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            tls: None,
+            tries: 2,
+        }
+    }
+}
+
+enum Selector {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Hash(LoadBalancer<Consistent>),
+}
+
+/// Health of one peer as the checks see it.
+struct PeerHealth {
+    healthy: AtomicBool,
+    successes: AtomicU32,
+    failures: AtomicU32,
+}
+
+/// A named pool of peers.
 pub struct Pool {
     pub name: String,
     /// Peers with their weights, in configuration order.
     pub peers: Vec<(SocketAddr, u32)>,
-    lb: LoadBalancer<RoundRobin>,
-    /// Attempts per request: the first plus retries after a refused connection.
-    pub max_tries: usize,
+    selector: Selector,
+    /// Set for consistent hashing.
+    pub hash_key: Option<HashKey>,
+    pub settings: PeerSettings,
+    pub health_check: Option<HealthCheck>,
+    health: Vec<PeerHealth>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -24,39 +102,113 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("name", &self.name)
             .field("peers", &self.peers)
+            .field("hash_key", &self.hash_key)
             .finish_non_exhaustive()
     }
 }
 
+fn lb<S>(peers: &[(SocketAddr, u32)]) -> LoadBalancer<S>
+where
+    S: pingora_load_balancing::selection::BackendSelection + 'static,
+    S::Iter: pingora_load_balancing::selection::BackendIter,
+{
+    let backends: BTreeSet<Backend> = peers
+        .iter()
+        .map(|(addr, w)| {
+            Backend::new_with_weight(&addr.to_string(), *w as usize)
+                .expect("a SocketAddr is a valid backend address")
+        })
+        .collect();
+    let lb = LoadBalancer::from_backends(Backends::new(Static::new(backends)));
+    // Static discovery never blocks or fails: this only builds the selector.
+    let _ = futures_now(lb.update());
+    lb
+}
+
 impl Pool {
+    /// A weighted round-robin pool with default settings.
     pub fn new(name: &str, peers: Vec<(SocketAddr, u32)>) -> Pool {
-        let backends: BTreeSet<Backend> = peers
+        Pool::with(name, peers, None, PeerSettings::default(), None)
+    }
+
+    /// A pool; `hash_key` set means consistent hashing (ketama) on that key.
+    pub fn with(
+        name: &str,
+        peers: Vec<(SocketAddr, u32)>,
+        hash_key: Option<HashKey>,
+        settings: PeerSettings,
+        health_check: Option<HealthCheck>,
+    ) -> Pool {
+        let selector = match hash_key {
+            None => Selector::RoundRobin(lb(&peers)),
+            Some(_) => Selector::Hash(lb(&peers)),
+        };
+        let health = peers
             .iter()
-            .map(|(addr, w)| {
-                Backend::new_with_weight(&addr.to_string(), *w as usize)
-                    .expect("a SocketAddr is a valid backend address")
+            .map(|_| PeerHealth {
+                healthy: AtomicBool::new(true),
+                successes: AtomicU32::new(0),
+                failures: AtomicU32::new(0),
             })
             .collect();
-        let lb = LoadBalancer::from_backends(Backends::new(Static::new(backends)));
-        // Static discovery never blocks or fails: this only builds the selector.
-        let _ = futures_now(lb.update());
-        let max_tries = peers.len().clamp(1, 2);
         Pool {
             name: name.to_string(),
             peers,
-            lb,
-            max_tries,
+            selector,
+            hash_key,
+            settings,
+            health_check,
+            health,
         }
     }
 
-    /// Pick a peer, skipping those in `avoid` (peers that already refused this request).
-    pub fn select(&self, avoid: &[SocketAddr]) -> Option<SocketAddr> {
+    fn index(&self, addr: &SocketAddr) -> Option<usize> {
+        self.peers.iter().position(|(a, _)| a == addr)
+    }
+
+    /// Is this peer in service (as far as health checks know)?
+    pub fn is_healthy(&self, addr: &SocketAddr) -> bool {
+        self.index(addr)
+            .is_some_and(|i| self.health[i].healthy.load(Ordering::Relaxed))
+    }
+
+    /// Record one health check result for the peer at `index`; returns the peer's new state
+    /// when it changed.
+    pub fn record_check(&self, index: usize, ok: bool) -> Option<bool> {
+        let (Some(h), Some(hc)) = (self.health.get(index), &self.health_check) else {
+            return None;
+        };
+        if ok {
+            h.failures.store(0, Ordering::Relaxed);
+            let n = h.successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= hc.healthy_after && !h.healthy.swap(true, Ordering::Relaxed) {
+                return Some(true);
+            }
+        } else {
+            h.successes.store(0, Ordering::Relaxed);
+            let n = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= hc.unhealthy_after && h.healthy.swap(false, Ordering::Relaxed) {
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Pick a healthy peer, skipping those in `avoid` (peers that already failed this request).
+    /// `key` is hashed for consistent hashing and ignored by round robin.
+    pub fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
         let limit = 16 + self.peers.len() * 2;
-        self.lb
-            .select_with(b"", limit, |b, healthy| {
-                healthy && b.addr.as_inet().is_some_and(|a| !avoid.contains(a))
-            })
-            .and_then(|b| b.addr.as_inet().copied())
+        let accept = |b: &Backend, ready: bool| {
+            ready
+                && b.addr
+                    .as_inet()
+                    .is_some_and(|a| !avoid.contains(a) && self.is_healthy(a))
+        };
+        let chosen = match &self.selector {
+            Selector::RoundRobin(lb) => lb.select_with(b"", limit, accept),
+            Selector::Hash(lb) => lb.select_with(key, limit, accept),
+        };
+        chosen.and_then(|b| b.addr.as_inet().copied())
     }
 }
 
@@ -74,14 +226,17 @@ fn futures_now<F: std::future::Future>(f: F) -> Option<F::Output> {
 mod tests {
     use super::*;
 
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1000 + i))
+    }
+
     #[test]
     fn weighted_round_robin_follows_weights() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let (a, b) = (addr(1), addr(2));
         let pool = Pool::new("p", vec![(a, 1), (b, 3)]);
         let mut counts = [0; 2];
         for _ in 0..400 {
-            let p = pool.select(&[]).unwrap();
+            let p = pool.select(b"", &[]).unwrap();
             counts[usize::from(p == b)] += 1;
         }
         assert_eq!(counts, [100, 300]);
@@ -89,12 +244,87 @@ mod tests {
 
     #[test]
     fn avoids_peers_that_failed() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let (a, b) = (addr(1), addr(2));
         let pool = Pool::new("p", vec![(a, 1), (b, 1)]);
         for _ in 0..10 {
-            assert_eq!(pool.select(&[a]), Some(b));
+            assert_eq!(pool.select(b"", &[a]), Some(b));
         }
-        assert_eq!(pool.select(&[a, b]), None);
+        assert_eq!(pool.select(b"", &[a, b]), None);
+    }
+
+    fn hashed(n: u16) -> Pool {
+        Pool::with(
+            "h",
+            (0..n).map(|i| (addr(i), 1)).collect(),
+            Some(HashKey::Ip),
+            PeerSettings::default(),
+            None,
+        )
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_and_moves_about_one_nth_on_removal() {
+        let five = hashed(5);
+        let four = Pool::with(
+            "h",
+            (0..4).map(|i| (addr(i), 1)).collect(),
+            Some(HashKey::Ip),
+            PeerSettings::default(),
+            None,
+        );
+        let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+        let mut moved = 0;
+        let mut per_peer = std::collections::HashMap::new();
+        for k in &keys {
+            let a = five.select(k.as_bytes(), &[]).unwrap();
+            assert_eq!(five.select(k.as_bytes(), &[]), Some(a), "not sticky");
+            *per_peer.entry(a).or_insert(0) += 1;
+            let b = four.select(k.as_bytes(), &[]).unwrap();
+            if a != b {
+                moved += 1;
+                // Only keys of the removed peer move.
+                assert_eq!(a, addr(4), "{k} moved from a peer that stayed");
+            }
+        }
+        let share = moved as f64 / keys.len() as f64;
+        assert!((0.12..=0.28).contains(&share), "moved {share}");
+        assert_eq!(per_peer.len(), 5);
+        for n in per_peer.values() {
+            assert!(*n > 1000, "{per_peer:?}");
+        }
+    }
+
+    #[test]
+    fn health_thresholds() {
+        let hc = HealthCheck {
+            kind: HealthKind::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            unhealthy_after: 2,
+            healthy_after: 3,
+        };
+        let pool = Pool::with(
+            "p",
+            vec![(addr(1), 1), (addr(2), 1)],
+            None,
+            PeerSettings::default(),
+            Some(hc),
+        );
+        assert_eq!(pool.record_check(0, false), None);
+        assert!(pool.is_healthy(&addr(1)));
+        assert_eq!(pool.record_check(0, false), Some(false));
+        assert!(!pool.is_healthy(&addr(1)));
+        for _ in 0..10 {
+            assert_eq!(pool.select(b"", &[]), Some(addr(2)));
+        }
+        assert_eq!(pool.record_check(0, true), None);
+        assert_eq!(pool.record_check(0, true), None);
+        assert_eq!(pool.record_check(0, true), Some(true));
+        assert!(pool.is_healthy(&addr(1)));
+        pool.record_check(1, false);
+        pool.record_check(1, false);
+        pool.record_check(0, false);
+        pool.record_check(0, false);
+        assert_eq!(pool.select(b"", &[]), None, "all down: no peer");
     }
 }
