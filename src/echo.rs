@@ -6,19 +6,22 @@
 //! `echo_delay_ms=N`.
 
 use serde_json::json;
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 const MAX_HEAD: usize = 64 * 1024;
 
-/// A running echo server; stopped when dropped.
+/// A running echo server; stopped when dropped (its open connections are closed too, so a
+/// stopped server looks down to a client that pools connections).
 pub struct EchoServer {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<HashMap<u64, TcpStream>>>,
 }
 
 impl EchoServer {
@@ -28,22 +31,35 @@ impl EchoServer {
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, s) = (hits.clone(), stop.clone());
+        let conns: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
+        let (h, s, c) = (hits.clone(), stop.clone(), conns.clone());
         thread::Builder::new()
             .name(format!("echo {addr}"))
             .spawn(move || {
-                for conn in listener.incoming() {
+                for (id, conn) in listener.incoming().enumerate() {
                     if s.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let h = h.clone();
+                    let id = id as u64;
+                    if let (Ok(mut open), Ok(clone)) = (c.lock(), conn.try_clone()) {
+                        open.insert(id, clone);
+                    }
+                    let (h, c) = (h.clone(), c.clone());
                     let _ = thread::Builder::new().spawn(move || {
                         let _ = serve(conn, addr, &h);
+                        if let Ok(mut open) = c.lock() {
+                            open.remove(&id);
+                        }
                     });
                 }
             })?;
-        Ok(EchoServer { addr, hits, stop })
+        Ok(EchoServer {
+            addr,
+            hits,
+            stop,
+            conns,
+        })
     }
 
     /// Requests answered so far.
@@ -57,6 +73,11 @@ impl Drop for EchoServer {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect(self.addr);
+        if let Ok(list) = self.conns.lock() {
+            for c in list.values() {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
     }
 }
 

@@ -13,11 +13,11 @@ use crate::auth::token::TokenSource;
 use crate::auth::verify::alg_name;
 use crate::auth::Verifier;
 use crate::config::{parse_duration, ConfigError, ConfigErrors, Loaded, PolicyConfig};
+use crate::config::{Balance, HealthKindConfig, UpstreamConfig};
 use crate::limit::{
     parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS,
 };
 use crate::observe::access_log::Target;
-use crate::config::{Balance, HealthKindConfig, UpstreamConfig};
 use crate::upstream::{HashKey, HealthCheck, HealthKind, PeerSettings, Pool, Tls, MAX_WEIGHT};
 use http::{HeaderName, Method};
 use jsonwebtoken::Algorithm;

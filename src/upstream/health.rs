@@ -50,7 +50,10 @@ pub async fn probe(addr: SocketAddr, hc: &HealthCheck) -> bool {
         let status: u16 = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
         Some((200..400).contains(&status))
     };
-    matches!(tokio::time::timeout(hc.timeout, attempt).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(hc.timeout, attempt).await,
+        Ok(Some(true))
+    )
 }
 
 /// Check `pool` for as long as it is alive.

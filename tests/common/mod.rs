@@ -83,6 +83,15 @@ impl Gateway {
     }
 
     pub fn start_raw(yaml: &str, port: u16, admin_port: u16) -> Gateway {
+        Self::start_raw_env(yaml, port, admin_port, &[])
+    }
+
+    pub fn start_raw_env(
+        yaml: &str,
+        port: u16,
+        admin_port: u16,
+        env: &[(&str, String)],
+    ) -> Gateway {
         let dir = temp_dir();
         let conf = dir.join("portcullis.yaml");
         std::fs::write(&conf, yaml).unwrap();
@@ -90,6 +99,7 @@ impl Gateway {
         let child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(&conf)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -124,6 +134,16 @@ impl Gateway {
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         request(self.addr, "GET", path, headers, None)
+    }
+
+    /// The value of one series on `/metrics` (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let body = request(self.admin, "GET", "/metrics", &[], None).body;
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn bearer(&self, path: &str, token: &str) -> Response {

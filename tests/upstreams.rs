@@ -1,0 +1,316 @@
+//! End to end: consistent hashing, health checks, timeouts and tries.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn peer_of(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["peer"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn consistent_hash_on_sub_is_sticky() {
+    let peers: Vec<EchoServer> = (0..3).map(|_| echo()).collect();
+    let list: Vec<String> = peers.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  api: {{peers: [{}], balance: consistent_hash, hash_key: "claim:sub"}}
+  by_header: {{peers: [{}], balance: consistent_hash, hash_key: "header:X-Tenant"}}
+keys: {{k: {{secret: "0123456789abcdef0123456789abcdef"}}}}
+auth: {{p: {{keys: k, algorithms: [HS256]}}}}
+routes:
+  - {{prefix: /api/, upstream: api, auth: p}}
+  - {{prefix: /t/, upstream: by_header}}
+"#,
+        list.join(", "),
+        list.join(", ")
+    ));
+    let mut used = HashSet::new();
+    for i in 0..12 {
+        let t = hs256(SECRET, &json!({"sub": format!("user-{i}")}));
+        let first = peer_of(&gw.bearer("/api/x", &t));
+        for _ in 0..4 {
+            assert_eq!(peer_of(&gw.bearer("/api/x", &t)), first, "user-{i} moved");
+        }
+        used.insert(first);
+    }
+    assert!(used.len() >= 2, "all subs on one peer: {used:?}");
+    let mut tenants = HashMap::new();
+    for i in 0..8 {
+        let tenant = format!("tenant-{i}");
+        let p = peer_of(&gw.get("/t/x", &[("X-Tenant", &tenant)]));
+        tenants.insert(tenant, p);
+    }
+    for (tenant, p) in &tenants {
+        assert_eq!(&peer_of(&gw.get("/t/y", &[("X-Tenant", tenant)])), p);
+    }
+}
+
+/// Start an echo server on exactly this address (retrying while the old one lets go of it).
+fn echo_at(addr: SocketAddr) -> EchoServer {
+    let t = Instant::now();
+    loop {
+        match EchoServer::start(&addr.to_string()) {
+            Ok(e) => return e,
+            Err(e) if t.elapsed() < Duration::from_secs(3) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot rebind {addr}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn health_checks_take_a_dead_peer_out_and_bring_it_back() {
+    let a = echo();
+    let b = echo();
+    let b_addr = b.addr;
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  api:
+    peers: ["{}", "{}"]
+    health_check: {{kind: http, path: /health, interval: 200ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 2}}
+routes:
+  - {{prefix: /, upstream: api}}
+"#,
+        a.addr, b.addr
+    ));
+    // Both serve.
+    let seen: HashSet<String> = (0..6).map(|_| peer_of(&gw.get("/x", &[]))).collect();
+    assert_eq!(seen.len(), 2);
+    drop(b);
+    // Within interval × unhealthy_after (plus a probe's timeout) b is out; meanwhile requests
+    // that met the dead peer were retried on a.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        gw.log().contains(&format!("peer {b_addr} is down")),
+        "{}",
+        gw.log()
+    );
+    // Out of rotation: no request even tries it any more.
+    let refused = r#"portcullis_upstream_errors_total{kind="connect_refused",upstream="api"}"#;
+    let before = gw.metric(refused);
+    for _ in 0..10 {
+        assert_eq!(peer_of(&gw.get("/x", &[])), a.addr.to_string());
+    }
+    assert_eq!(gw.metric(refused), before, "the dead peer was still tried");
+    // Back: within interval × healthy_after it takes traffic again.
+    let b = echo_at(b_addr);
+    let t = Instant::now();
+    loop {
+        if peer_of(&gw.get("/x", &[])) == b_addr.to_string() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "b never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.hits() > 0);
+    let health_probes = b.hits();
+    assert!(health_probes >= 1);
+}
+
+#[test]
+fn every_peer_down_is_a_quick_502() {
+    let a = echo();
+    let b = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  api:
+    peers: ["{}", "{}"]
+    connect_timeout: 2s
+    health_check: {{kind: tcp, interval: 100ms, timeout: 100ms, unhealthy_after: 1}}
+routes:
+  - {{prefix: /, upstream: api}}
+"#,
+        a.addr, b.addr
+    ));
+    assert_eq!(gw.get("/x", &[]).status, 200);
+    drop(a);
+    drop(b);
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let r = gw.get("/x", &[]);
+    assert_eq!(r.status, 502);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Refused without a connection attempt: the checks had both peers out.
+    assert_eq!(
+        gw.metric(r#"portcullis_upstream_errors_total{kind="no_peer",upstream="api"}"#),
+        1.0
+    );
+}
+
+#[test]
+fn read_timeout_bounds_a_slow_peer() {
+    let a = echo();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api: {{peers: [\"{}\"], read_timeout: 300ms}}\nroutes:\n  - {{prefix: /, upstream: api}}\n",
+        a.addr
+    ));
+    let t = Instant::now();
+    let r = gw.get("/slow?echo_delay_ms=3000", &[]);
+    assert!((500..600).contains(&r.status), "{}", r.status);
+    assert!(
+        t.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(gw.get("/fast", &[]).status, 200);
+}
+
+#[test]
+fn tries_bound_the_retries() {
+    let up = echo();
+    let dead = free_port();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api: {{peers: [\"127.0.0.1:{dead}\", \"{}\"], tries: 1}}\nroutes:\n  - {{prefix: /, upstream: api}}\n",
+        up.addr
+    ));
+    // Round robin alternates; with a single try the dead peer's turns fail.
+    let statuses: Vec<u16> = (0..10).map(|_| gw.get("/x", &[]).status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(up.hits(), 5);
+}
+
+#[test]
+fn upstream_config_errors() {
+    let dir = temp_dir();
+    let conf = dir.join("c.yaml");
+    std::fs::write(
+        &conf,
+        r#"
+upstreams:
+  a: {peers: ["127.0.0.1:1"], balance: consistent_hash}
+  b: {peers: ["127.0.0.1:1"], hash_key: ip}
+  c: {peers: ["127.0.0.1:1"], balance: consistent_hash, hash_key: "cookie:x"}
+  d: {peers: ["127.0.0.1:1"], connect_timeout: 0ms, tries: 0}
+  e: {peers: ["127.0.0.1:1"], health_check: {kind: tcp, path: /x}}
+  f: {peers: ["127.0.0.1:1"], health_check: {kind: http, path: "no-slash", interval: 1ms}}
+  g: {peers: ["127.0.0.1:1"], balance: consistent_hash, hash_key: "claim:sub"}
+routes:
+  - {prefix: /, upstream: g}
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (path, what) in [
+        ("upstreams.a.hash_key", "needs a hash_key"),
+        (
+            "upstreams.b.hash_key",
+            "only applies to balance: consistent_hash",
+        ),
+        ("upstreams.c.hash_key", "cookie:x"),
+        ("upstreams.d.connect_timeout", "out of range"),
+        ("upstreams.d.tries", "out of range"),
+        (
+            "upstreams.e.health_check.path",
+            "only applies to kind: http",
+        ),
+        ("upstreams.f.health_check.path", "no-slash"),
+        (
+            "routes[0].upstream",
+            "hashes on a claim, but this route has no auth",
+        ),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!(": {path}: ")) && l.contains(what)),
+            "no error for {path} mentioning {what:?} in:\n{err}"
+        );
+    }
+}
+
+/// The Python TLS upstream; killed when dropped.
+struct TlsUpstream {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_upstream() -> TlsUpstream {
+    use std::io::BufRead;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut child = std::process::Command::new("python3")
+        .arg(dir.join("tls_echo.py"))
+        .arg(dir.join("keys/tls_cert.pem"))
+        .arg(dir.join("keys/tls_key.pem"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the TLS upstream's port");
+    TlsUpstream { child, port }
+}
+
+fn tls_gateway(port: u16, tls: &str, env: &[(&str, String)]) -> Gateway {
+    let (gw_port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "server: {{listen: [\"127.0.0.1:{gw_port}\"], admin: \"127.0.0.1:{admin}\", threads: 1}}\nupstreams:\n  secure: {{peers: [\"127.0.0.1:{port}\"], tls: {tls}}}\nroutes:\n  - {{prefix: /, upstream: secure}}\n"
+    );
+    Gateway::start_raw_env(&yaml, gw_port, admin, env)
+}
+
+#[test]
+fn tls_to_the_upstream_with_sni_and_verification() {
+    let up = tls_upstream();
+    // Verification on (the default) against a self-signed certificate: refused.
+    let gw = tls_gateway(up.port, "{sni: upstream.test}", &[]);
+    assert_eq!(gw.get("/x", &[]).status, 502);
+    drop(gw);
+    // Trusting that certificate (SSL_CERT_FILE, as for system roots): served, SNI sent.
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys/tls_cert.pem")
+        .display()
+        .to_string();
+    let gw = tls_gateway(up.port, "{sni: upstream.test}", &[("SSL_CERT_FILE", ca)]);
+    let r = gw.get("/secure", &[]);
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert_eq!(r.json()["tls"], true);
+    assert_eq!(r.json()["sni"], "upstream.test");
+    assert_eq!(r.json()["path"], "/secure");
+    drop(gw);
+    // A name the certificate does not carry: refused.
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys/tls_cert.pem")
+        .display()
+        .to_string();
+    let gw = tls_gateway(up.port, "{sni: other.test}", &[("SSL_CERT_FILE", ca)]);
+    assert_eq!(gw.get("/x", &[]).status, 502);
+    drop(gw);
+    // verify: false accepts anything (for test rigs only).
+    let gw = tls_gateway(up.port, "{sni: upstream.test, verify: false}", &[]);
+    assert_eq!(gw.get("/x", &[]).status, 200);
+}
