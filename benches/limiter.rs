@@ -79,6 +79,7 @@ fn benches(c: &mut Criterion) {
         realm: "p".into(),
         algorithms: vec![Algorithm::HS256],
         keys: vec![Arc::new(secret_key(secret, None))],
+        remote: vec![],
         sources: vec![TokenSource::Bearer],
         issuers: vec![],
         audiences: vec![],

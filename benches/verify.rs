@@ -24,6 +24,7 @@ fn verifier(key: Key, alg: Algorithm) -> Verifier {
         realm: "bench".into(),
         algorithms: vec![alg],
         keys: vec![Arc::new(key)],
+        remote: vec![],
         sources: vec![TokenSource::Bearer],
         issuers: vec!["https://issuer.example".into()],
         audiences: vec!["api".into()],

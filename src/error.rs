@@ -30,6 +30,8 @@ pub enum AuthError {
     ClaimNotForwardable,
     /// The token's `sub` or `jti` is revoked.
     Revoked,
+    /// The policy's remote keys have not been fetched yet: not the token's fault (503).
+    KeysUnavailable,
 }
 
 impl AuthError {
@@ -52,6 +54,7 @@ impl AuthError {
             AuthError::BadAudience => "audience not allowed",
             AuthError::ClaimNotForwardable => "claim cannot be forwarded",
             AuthError::Revoked => "token revoked",
+            AuthError::KeysUnavailable => "signing keys are not available yet",
         }
     }
 
@@ -88,6 +91,8 @@ pub enum Reject {
         /// The scope values a `contains` rule wanted.
         scope: Option<String>,
     },
+    /// 503: the keys to check the token with are not loaded (remote key set not fetched yet).
+    KeysUnavailable,
     /// 429 from a rate limit.
     TooManyRequests {
         limit: u32,
@@ -124,6 +129,7 @@ impl Reject {
         match self {
             Reject::Unauthorized { .. } => 401,
             Reject::Forbidden { .. } => 403,
+            Reject::KeysUnavailable => 503,
             Reject::TooManyRequests { .. } => 429,
             Reject::NotFound => 404,
             Reject::MethodNotAllowed { .. } => 405,
@@ -168,6 +174,10 @@ impl Reject {
             Reject::Unauthorized { error, .. } => ("invalid_token", error.description()),
             Reject::Forbidden { .. } => ("insufficient_scope", "the token does not grant access"),
             Reject::TooManyRequests { .. } => ("rate_limited", "too many requests"),
+            Reject::KeysUnavailable => (
+                "temporarily_unavailable",
+                AuthError::KeysUnavailable.description(),
+            ),
             Reject::NotFound => ("not_found", "no route matches this request"),
             Reject::MethodNotAllowed { .. } => ("method_not_allowed", "method not allowed here"),
             Reject::BadRequest(why) => ("bad_request", *why),
@@ -184,6 +194,9 @@ impl Reject {
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
         if let Some(c) = self.challenge() {
             let _ = h.insert_header(http::header::WWW_AUTHENTICATE, c);
+        }
+        if matches!(self, Reject::KeysUnavailable) {
+            let _ = h.insert_header(http::header::RETRY_AFTER, "5");
         }
         if let Reject::MethodNotAllowed { allow } = self {
             let _ = h.insert_header(http::header::ALLOW, allow.as_str());

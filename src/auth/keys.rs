@@ -1,6 +1,7 @@
 //! Verification keys: loaded from JWK/JWKS files, PEM files and secrets, once, at compile time.
 
-use crate::config::{ConfigError, KeySetConfig, Loaded};
+use super::remote::{check_url, RemoteKeys, Source};
+use crate::config::{parse_duration, ConfigError, KeySetConfig, Loaded};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
@@ -70,7 +71,10 @@ impl Key {
 #[derive(Debug)]
 pub struct KeySet {
     pub name: String,
+    /// Keys loaded from configuration (empty for a remote set).
     pub keys: Vec<Arc<Key>>,
+    /// Set for `jwks_url` / `oidc_issuer`: keys fetched at run time.
+    pub remote: Option<Arc<RemoteKeys>>,
     /// Non-fatal remarks (short HMAC secrets, skipped encryption keys).
     pub warnings: Vec<String>,
 }
@@ -94,11 +98,13 @@ pub fn decode_base64_lenient(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Load one configured key set. `path` is its YAML path (`keys.NAME`).
+/// Load one configured key set. `path` is its YAML path (`keys.NAME`). A remote set whose
+/// definition equals `previous`'s is taken over as it is, keys and all.
 pub fn load_key_set(
     name: &str,
     cfg: &KeySetConfig,
     loaded: &Loaded,
+    previous: Option<&KeySet>,
 ) -> Result<KeySet, Vec<ConfigError>> {
     let path = format!("keys.{name}");
     let sources: Vec<&str> = [
@@ -106,6 +112,8 @@ pub fn load_key_set(
         ("pem_file", cfg.pem_file.is_some()),
         ("secret", cfg.secret.is_some()),
         ("secret_env", cfg.secret_env.is_some()),
+        ("jwks_url", cfg.jwks_url.is_some()),
+        ("oidc_issuer", cfg.oidc_issuer.is_some()),
     ]
     .iter()
     .filter(|(_, set)| *set)
@@ -120,15 +128,79 @@ pub fn load_key_set(
         return Err(vec![ConfigError::new(
             path,
             format!(
-                "exactly one of jwks_file, pem_file, secret, secret_env must be given (found: {found})"
+                "exactly one of jwks_file, pem_file, secret, secret_env, jwks_url, oidc_issuer must be given (found: {found})"
             ),
         )]);
     }
     let mut set = KeySet {
         name: name.to_string(),
         keys: Vec::new(),
+        remote: None,
         warnings: Vec::new(),
     };
+    let remote = cfg.jwks_url.is_some() || cfg.oidc_issuer.is_some();
+    if !remote && (cfg.refresh.is_some() || cfg.timeout.is_some()) {
+        return Err(vec![ConfigError::new(
+            path,
+            "refresh and timeout apply to jwks_url and oidc_issuer only",
+        )]);
+    }
+    if remote {
+        let mut errors = Vec::new();
+        if cfg.base64 || cfg.kid.is_some() {
+            errors.push(ConfigError::new(
+                path.clone(),
+                "base64 and kid do not apply to a remote key set",
+            ));
+        }
+        let source = if let Some(u) = &cfg.jwks_url {
+            if let Err(e) = check_url(u) {
+                errors.push(ConfigError::new(format!("{path}.jwks_url"), e));
+            }
+            Source::Jwks(u.clone())
+        } else {
+            let issuer = cfg.oidc_issuer.clone().unwrap_or_default();
+            let discovery = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            if let Err(e) = check_url(&discovery) {
+                errors.push(ConfigError::new(format!("{path}.oidc_issuer"), e));
+            }
+            Source::Oidc(issuer)
+        };
+        let mut duration = |field: &str, v: &Option<String>, default: u64, min_ms: u64| {
+            let Some(v) = v else {
+                return std::time::Duration::from_secs(default);
+            };
+            match parse_duration(v) {
+                Ok(d) if d.as_millis() >= u128::from(min_ms) && d.as_secs() <= 86_400 => d,
+                Ok(_) => {
+                    errors.push(ConfigError::new(
+                        format!("{path}.{field}"),
+                        format!("{v:?} is out of range {min_ms}ms..=24h"),
+                    ));
+                    std::time::Duration::from_secs(default)
+                }
+                Err(e) => {
+                    errors.push(ConfigError::new(format!("{path}.{field}"), e));
+                    std::time::Duration::from_secs(default)
+                }
+            }
+        };
+        let refresh = duration("refresh", &cfg.refresh, 600, 1000);
+        let timeout = duration("timeout", &cfg.timeout, 5, 100);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let fresh = RemoteKeys::new(name, source, refresh, timeout);
+        let kept = previous
+            .and_then(|p| p.remote.as_ref())
+            .filter(|old| old.same_definition(&fresh))
+            .cloned();
+        set.remote = Some(kept.unwrap_or_else(|| Arc::new(fresh)));
+        return Ok(set);
+    }
     if cfg.base64 && cfg.secret.is_none() && cfg.secret_env.is_none() {
         return Err(vec![ConfigError::new(
             format!("{path}.base64"),
@@ -228,6 +300,16 @@ pub fn secret_key(bytes: &[u8], kid: Option<String>) -> Key {
 /// Parse a JWK or a JWKS document. Keys marked `use: enc` are skipped with a warning; any other
 /// key that cannot be used is an error (a typo in a key file should not go unnoticed).
 pub fn parse_jwks(text: &str) -> Result<(Vec<Key>, Vec<String>), String> {
+    parse_jwks_with(text, false)
+}
+
+/// As `parse_jwks`, but keys that cannot be used are skipped with a warning: for documents
+/// published by an identity provider, which may list key types we do not support.
+pub fn parse_jwks_lenient(text: &str) -> Result<(Vec<Key>, Vec<String>), String> {
+    parse_jwks_with(text, true)
+}
+
+fn parse_jwks_with(text: &str, lenient: bool) -> Result<(Vec<Key>, Vec<String>), String> {
     let doc: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let items: Vec<Value> = match &doc {
         Value::Object(m) if m.contains_key("keys") => match &m["keys"] {
@@ -248,7 +330,11 @@ pub fn parse_jwks(text: &str) -> Result<(Vec<Key>, Vec<String>), String> {
             warnings.push(format!("{label}: `use: enc` key skipped"));
             continue;
         }
-        keys.push(parse_jwk(item).map_err(|e| format!("{label}: {e}"))?);
+        match parse_jwk(item) {
+            Ok(k) => keys.push(k),
+            Err(e) if lenient => warnings.push(format!("{label} skipped: {e}")),
+            Err(e) => return Err(format!("{label}: {e}")),
+        }
     }
     if keys.is_empty() {
         return Err("no usable signing key".into());

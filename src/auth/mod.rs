@@ -2,6 +2,7 @@
 
 pub mod claims;
 pub mod keys;
+pub mod remote;
 pub mod rules;
 pub mod token;
 pub mod verify;
@@ -95,6 +96,9 @@ pub fn check(
         return (i, Err(f));
     }
     let (i, error) = first_error.unwrap_or((0, AuthError::Missing));
+    if error == AuthError::KeysUnavailable {
+        return (i, Err(Reject::KeysUnavailable));
+    }
     (
         i,
         Err(Reject::Unauthorized {
@@ -102,4 +106,38 @@ pub fn check(
             error,
         }),
     )
+}
+
+/// `check`, and when the token names a `kid` that no key holds and the policies have remote key
+/// sets: one shared refetch (see `RemoteKeys::refetch_for_unknown_kid`), then `check` again.
+pub async fn check_refetching(
+    policies: &[Arc<Verifier>],
+    req: &RequestHeader,
+    revocation: Option<&Revocation>,
+) -> (usize, Result<Passed, Reject>) {
+    let seen: Vec<(Arc<remote::RemoteKeys>, u64)> = policies
+        .iter()
+        .flat_map(|p| p.remote.iter())
+        .map(|r| (r.clone(), r.generation()))
+        .collect();
+    let first = check(policies, req, verify::now(), revocation);
+    let unknown_kid = matches!(
+        &first.1,
+        Err(Reject::Unauthorized {
+            error: AuthError::UnknownKid,
+            ..
+        })
+    );
+    if seen.is_empty() || !unknown_kid {
+        return first;
+    }
+    let mut changed = false;
+    for (keys, generation) in &seen {
+        changed |= keys.refetch_for_unknown_kid(*generation).await;
+    }
+    if changed {
+        check(policies, req, verify::now(), revocation)
+    } else {
+        first
+    }
 }

@@ -26,8 +26,10 @@ pub struct Verifier {
     pub name: String,
     pub realm: String,
     pub algorithms: Vec<Algorithm>,
-    /// Keys of all the policy's key sets, in configuration order.
+    /// Keys of all the policy's static key sets, in configuration order.
     pub keys: Vec<Arc<Key>>,
+    /// The policy's remote key sets (keys fetched at run time).
+    pub remote: Vec<Arc<super::remote::RemoteKeys>>,
     pub sources: Vec<TokenSource>,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
@@ -120,9 +122,11 @@ impl Verifier {
         // Key: same `kid` (keys without a kid match any), compatible with `alg`. Header members
         // such as jku, x5u, x5c and jwk are ignored: keys come from configuration only.
         let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
+        let remote: Vec<_> = self.remote.iter().map(|r| r.keys()).collect();
         let mut candidates = self
             .keys
             .iter()
+            .chain(remote.iter().flat_map(|g| g.iter()))
             .filter(|k| k.accepts(alg))
             .filter(|k| match (kid, &k.kid) {
                 (Some(t), Some(k)) => t == k,
@@ -130,6 +134,9 @@ impl Verifier {
             })
             .peekable();
         if candidates.peek().is_none() {
+            if self.remote.iter().any(|r| !r.loaded()) {
+                return Err(AuthError::KeysUnavailable);
+            }
             return Err(AuthError::UnknownKid);
         }
         let mut ok = false;
@@ -249,6 +256,7 @@ mod tests {
             realm: "t".into(),
             algorithms: algs.to_vec(),
             keys: keys.into_iter().map(Arc::new).collect(),
+            remote: vec![],
             sources: vec![TokenSource::Bearer],
             issuers: vec![],
             audiences: vec![],

@@ -255,6 +255,14 @@ pub struct KeySetConfig {
     pub base64: bool,
     /// Optional key id for a PEM or secret key, matched against the token's `kid`.
     pub kid: Option<String>,
+    /// A JWKS published at a URL (https, or http to loopback).
+    pub jwks_url: Option<String>,
+    /// An OpenID Connect issuer: its discovery document names the JWKS.
+    pub oidc_issuer: Option<String>,
+    /// Longest time remote keys are kept before fetching again (default 10m).
+    pub refresh: Option<String>,
+    /// Fetch timeout (default 5s).
+    pub timeout: Option<String>,
 }
 
 /// A named JWT policy.

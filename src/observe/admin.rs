@@ -54,8 +54,18 @@ impl Admin {
             }
         }
         for (name, set) in &policy.key_sets {
-            if set.keys.is_empty() {
-                return Some(format!("key set {name} has no usable keys"));
+            match &set.remote {
+                Some(r) if !r.loaded() => {
+                    let why = r
+                        .last_error()
+                        .unwrap_or_else(|| "first fetch pending".into());
+                    return Some(format!("key set {name} has no keys yet: {why}"));
+                }
+                Some(_) => {}
+                None if set.keys.is_empty() => {
+                    return Some(format!("key set {name} has no usable keys"));
+                }
+                None => {}
             }
         }
         None

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub access_log_dropped: IntCounter,
+    pub jwks_fetches: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -88,6 +89,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             registry.register(Box::new(g.clone()))?;
             g
         },
+        jwks_fetches: counter(
+            "portcullis_jwks_fetches_total",
+            "Fetches of remote key sets, by key set and result (ok, error).",
+            &["keys", "result"],
+        )?,
         access_log_dropped: {
             let c = IntCounter::new(
                 "portcullis_access_log_dropped_total",

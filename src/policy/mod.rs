@@ -199,7 +199,8 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     let mut key_sets = BTreeMap::new();
     let mut warnings = Vec::new();
     for (name, k) in &cfg.keys {
-        match load_key_set(name, k, loaded) {
+        let kept = previous.and_then(|p| p.key_sets.get(name));
+        match load_key_set(name, k, loaded, kept) {
             Ok(set) => {
                 warnings.extend(set.warnings.iter().cloned());
                 key_sets.insert(name.clone(), set);
@@ -686,6 +687,7 @@ fn compile_policy(
     let before = errors.len();
 
     let mut keys = Vec::new();
+    let mut remote = Vec::new();
     let set_names = p.keys.to_vec();
     if set_names.is_empty() {
         errors.push(ConfigError::new(format!("{path}.keys"), "no key set named"));
@@ -693,7 +695,10 @@ fn compile_policy(
     let mut all_loaded = true;
     for k in &set_names {
         match key_sets.get(k) {
-            Some(set) => keys.extend(set.keys.iter().cloned()),
+            Some(set) => {
+                keys.extend(set.keys.iter().cloned());
+                remote.extend(set.remote.iter().cloned());
+            }
             None if cfg.defines("keys", k) => all_loaded = false,
             None => {
                 all_loaded = false;
@@ -734,7 +739,8 @@ fn compile_policy(
             )),
         }
     }
-    if all_loaded {
+    // Remote keys are unknown until fetched: the check is for static sets only.
+    if all_loaded && remote.is_empty() {
         for alg in &algorithms {
             if !keys.iter().any(|k| k.accepts(*alg)) {
                 errors.push(ConfigError::new(
@@ -850,6 +856,7 @@ fn compile_policy(
         realm,
         algorithms,
         keys,
+        remote,
         sources,
         issuers,
         audiences,
@@ -889,6 +896,11 @@ impl Policy {
         }
         for pool in self.upstreams.values() {
             crate::upstream::health::watch(pool);
+        }
+        for set in self.key_sets.values() {
+            if let Some(remote) = &set.remote {
+                crate::auth::remote::RemoteKeys::watch(remote);
+            }
         }
     }
 
@@ -939,6 +951,25 @@ impl Policy {
                 v.realm,
                 v.rules.len()
             );
+        }
+        let _ = writeln!(s, "key sets ({}):", self.key_sets.len());
+        for (name, set) in &self.key_sets {
+            match &set.remote {
+                Some(r) => {
+                    let from = match &r.source {
+                        crate::auth::remote::Source::Jwks(u) => format!("jwks_url {u}"),
+                        crate::auth::remote::Source::Oidc(i) => format!("oidc_issuer {i}"),
+                    };
+                    let _ = writeln!(
+                        s,
+                        "  {name:<16} {from}, refresh {:?}, fetched at start",
+                        r.refresh
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "  {name:<16} {} key(s)", set.keys.len());
+                }
+            }
         }
         let _ = writeln!(s, "upstreams ({}):", self.upstreams.len());
         for (name, u) in &self.upstreams {

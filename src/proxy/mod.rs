@@ -209,12 +209,12 @@ impl ProxyHttp for Gateway {
             }
         }
         if !route.auth.is_empty() {
-            let (which, checked) = auth::check(
+            let (which, checked) = auth::check_refetching(
                 &route.auth,
                 session.req_header(),
-                auth::verify::now(),
                 policy.revocation.as_deref(),
-            );
+            )
+            .await;
             let result = match &checked {
                 Ok(_) => "ok",
                 Err(r) => r.auth_result(),
