@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 pub use portcullis::echo::EchoServer;
 
+pub mod idp;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 pub fn keys_dir() -> PathBuf {
