@@ -88,6 +88,7 @@ fn benches(c: &mut Criterion) {
         forward_claims: vec![],
         forward_payload: None,
         rules: vec![],
+        cache: None,
     });
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -111,7 +112,7 @@ fn benches(c: &mut Criterion) {
             let passed = portcullis::auth::check(black_box(&policies), &req, 1.8e9, None)
                 .1
                 .unwrap();
-            let sub = passed.claims.str("sub").unwrap_or_default();
+            let sub = passed.token.claims.str("sub").unwrap_or_default();
             per_sub.check(sub.as_bytes(), clock_nanos())
         })
     });

@@ -33,6 +33,7 @@ fn verifier(key: Key, alg: Algorithm) -> Verifier {
         forward_claims: vec![(http::HeaderName::from_static("x-user"), "sub".into())],
         forward_payload: None,
         rules: vec![],
+        cache: None,
     }
 }
 

@@ -544,3 +544,35 @@ fn two_tokens_in_one_place_are_refused() {
     assert_eq!(r.status, 401);
     assert_eq!(s.echo.hits(), 0);
 }
+
+#[test]
+fn cached_tokens_still_expire_and_the_cache_can_be_off() {
+    let echo = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams: {{api: {{peers: ["{}"]}}}}
+keys: {{k: {{secret: "0123456789abcdef0123456789abcdef"}}}}
+auth:
+  cached: {{keys: k, algorithms: [HS256]}}
+  uncached: {{keys: k, algorithms: [HS256], cache: false}}
+routes:
+  - {{prefix: /c/, upstream: api, auth: cached}}
+  - {{prefix: /u/, upstream: api, auth: uncached}}
+"#,
+        echo.addr
+    ));
+    let t = hs256(SECRET, &json!({"sub": "a", "exp": now() + 2}));
+    for path in ["/c/x", "/u/x"] {
+        assert_eq!(gw.bearer(path, &t).status, 200);
+        assert_eq!(gw.bearer(path, &t).status, 200);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for path in ["/c/x", "/u/x"] {
+        let r = gw.bearer(path, &t);
+        assert_eq!(r.status, 401, "{path}");
+        assert!(r
+            .header("www-authenticate")
+            .unwrap()
+            .contains("token expired"));
+    }
+}

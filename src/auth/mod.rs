@@ -1,5 +1,6 @@
 //! Authentication: where tokens come from, the keys that verify them, and the checks.
 
+pub mod cache;
 pub mod claims;
 pub mod keys;
 pub mod remote;
@@ -12,7 +13,6 @@ pub use verify::{Verified, Verifier};
 
 use crate::error::{AuthError, Reject};
 use crate::limit::Revocation;
-use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use std::sync::Arc;
 
@@ -21,11 +21,8 @@ use std::sync::Arc;
 pub struct Passed {
     /// Index of the policy that accepted the token, among the route's policies.
     pub policy: usize,
-    pub alg: jsonwebtoken::Algorithm,
-    pub kid: Option<String>,
-    pub claims: Claims,
-    /// Headers to set on the upstream request.
-    pub forward: Vec<(HeaderName, HeaderValue)>,
+    /// The verified token: algorithm, key id, claims, headers to set upstream.
+    pub token: Arc<cache::VerifiedToken>,
 }
 
 /// Check a request against a route's policies; any one may accept it. Returns the index of the
@@ -49,24 +46,20 @@ pub fn check(
         let verified = match found {
             None => continue,
             Some(Err(e)) => Err(e),
-            Some(Ok(token)) => p.verify(&token, now).and_then(|v| {
+            Some(Ok(token)) => p.verify_token(&token, now).and_then(|v| {
                 let revoked = revocation
                     .is_some_and(|r| r.is_revoked(v.claims.str("sub"), v.claims.str("jti")));
                 if revoked {
                     return Err(AuthError::Revoked);
                 }
-                let forward = p.forwarded_headers(&v)?;
                 Ok(Passed {
                     policy: i,
-                    alg: v.alg,
-                    kid: v.kid,
-                    claims: v.claims,
-                    forward,
+                    token: v,
                 })
             }),
         };
         match verified {
-            Ok(passed) => match rules::check_all(&p.rules, &passed.claims) {
+            Ok(passed) => match rules::check_all(&p.rules, &passed.token.claims) {
                 Ok(()) => return (i, Ok(passed)),
                 Err(failure) => {
                     forbidden.get_or_insert((

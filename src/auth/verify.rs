@@ -5,6 +5,7 @@
 //! that matters for security in one readable place: which algorithms, which key, `crit`,
 //! duplicate members, the types of `exp`/`nbf`.
 
+use super::cache::{TokenCache, VerifiedToken};
 use super::claims::Claims;
 use super::keys::Key;
 use super::token::TokenSource;
@@ -42,6 +43,8 @@ pub struct Verifier {
     pub forward_payload: Option<HeaderName>,
     /// Required-claim rules (403 when one fails).
     pub rules: Vec<super::rules::Rule>,
+    /// Verified tokens, when the policy caches them.
+    pub cache: Option<TokenCache>,
 }
 
 /// A token that passed every check.
@@ -196,6 +199,43 @@ impl Verifier {
         })
     }
 
+    /// The key-set generation tokens are verified under now (changes when remote keys do).
+    pub fn generation(&self) -> u64 {
+        self.remote.iter().map(|r| r.generation()).sum()
+    }
+
+    /// Verify through the cache: a hit costs a lookup and an `exp` check; a miss is a full
+    /// `verify`, whose result is cached.
+    pub fn verify_token(&self, token: &str, now: f64) -> Result<Arc<VerifiedToken>, AuthError> {
+        let generation = self.generation();
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(token) {
+                if hit.generation == generation {
+                    if hit.exp.is_some_and(|exp| now >= exp + self.leeway) {
+                        cache.remove(token);
+                        return Err(AuthError::Expired);
+                    }
+                    return Ok(hit);
+                }
+            }
+        }
+        let v = self.verify(token, now)?;
+        let forward = self.forwarded_headers(&v)?;
+        let exp = v.claims.get("exp").and_then(Value::as_f64);
+        let verified = Arc::new(VerifiedToken {
+            alg: v.alg,
+            kid: v.kid,
+            claims: v.claims,
+            forward,
+            exp,
+            generation,
+        });
+        if let Some(cache) = &self.cache {
+            cache.insert(token, verified.clone());
+        }
+        Ok(verified)
+    }
+
     /// The headers to set upstream for a verified token.
     pub fn forwarded_headers(
         &self,
@@ -265,6 +305,7 @@ mod tests {
             forward_claims: vec![],
             forward_payload: None,
             rules: vec![],
+            cache: None,
         }
     }
 
@@ -376,6 +417,30 @@ mod tests {
         );
         let big = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(v.verify(&big, 1.0).unwrap_err(), AuthError::TooLarge);
+    }
+
+    #[test]
+    fn cache_hits_still_expire_and_never_match_another_token() {
+        let mut v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        v.cache = Some(TokenCache::new(64));
+        let t = hs(json!({"sub":"a","exp":1000}));
+        let first = v.verify_token(&t, 500.0).unwrap();
+        let again = v.verify_token(&t, 600.0).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "second use was not a cache hit"
+        );
+        assert_eq!(v.verify_token(&t, 1000.0).unwrap_err(), AuthError::Expired);
+        assert!(
+            v.cache.as_ref().unwrap().get(&t).is_none(),
+            "expired entry kept"
+        );
+        // A token differing in its signature is verified, not looked up.
+        let t2 = hs(json!({"sub":"b"}));
+        v.verify_token(&t2, 1.0).unwrap();
+        let last = if t2.ends_with('A') { "Q" } else { "A" };
+        let forged = format!("{}{last}", &t2[..t2.len() - 1]);
+        assert!(v.verify_token(&forged, 1.0).is_err());
     }
 
     #[test]

@@ -284,6 +284,10 @@ pub struct PolicyConfig {
     /// Rules every accepted token must satisfy, else 403.
     #[serde(default)]
     pub require: Vec<RuleConfig>,
+    /// Cache verified tokens (default true).
+    pub cache: Option<bool>,
+    /// Entries in the verified-token cache (default 65536).
+    pub cache_size: Option<usize>,
 }
 
 /// A required-claim rule: `claim` and exactly one of `contains`, `one_of`, `equals`.

@@ -848,6 +848,21 @@ fn compile_policy(
         }
     }
 
+    let cache_size = p.cache_size.unwrap_or(crate::auth::cache::DEFAULT_CAPACITY);
+    if !(64..=10_000_000).contains(&cache_size) {
+        errors.push(ConfigError::new(
+            format!("{path}.cache_size"),
+            format!("{cache_size} is out of range 64..=10000000"),
+        ));
+    }
+    if p.cache == Some(false) && p.cache_size.is_some() {
+        errors.push(ConfigError::new(
+            format!("{path}.cache_size"),
+            "the cache is off (cache: false)",
+        ));
+    }
+    let cache = (p.cache != Some(false)).then(|| crate::auth::cache::TokenCache::new(cache_size));
+
     if errors.len() != before {
         return None;
     }
@@ -865,6 +880,7 @@ fn compile_policy(
         forward_claims,
         forward_payload,
         rules,
+        cache,
     })
 }
 

@@ -10,7 +10,7 @@ use crate::policy::{Policy, Route};
 use crate::reload::Live;
 use crate::upstream::HashKey;
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
@@ -38,8 +38,8 @@ pub struct Ctx {
     /// The policy snapshot this request uses from start to end.
     pub policy: Option<Arc<Policy>>,
     pub route: Option<Arc<Route>>,
-    /// Headers to set upstream from the verified token.
-    pub forward: Vec<(HeaderName, HeaderValue)>,
+    /// The verified token, whose forwarded headers are set upstream.
+    pub token: Option<Arc<crate::auth::cache::VerifiedToken>>,
     /// The peer chosen last, and those that refused a connection.
     pub peer: Option<SocketAddr>,
     pub failed: Vec<SocketAddr>,
@@ -161,7 +161,7 @@ impl ProxyHttp for Gateway {
             start: Instant::now(),
             policy: None,
             route: None,
-            forward: Vec::new(),
+            token: None,
             peer: None,
             failed: Vec::new(),
             upstream_start: None,
@@ -225,9 +225,10 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[&route.auth[which].name, result])
                 .inc();
             if let (Ok(passed), Some(log)) = (&checked, &ctx.access_log) {
-                ctx.jwt = Some((auth::verify::alg_name(passed.alg), passed.kid.clone()));
+                let t = &passed.token;
+                ctx.jwt = Some((auth::verify::alg_name(t.alg), t.kid.clone()));
                 for c in &log.claims {
-                    if let Some(v) = passed.claims.get(c) {
+                    if let Some(v) = t.claims.get(c) {
                         ctx.log_claims.insert(c.clone(), v.clone());
                     }
                 }
@@ -237,7 +238,7 @@ impl ProxyHttp for Gateway {
             let checked = checked.and_then(|passed| {
                 for limiter in &route.post_auth_limits {
                     if let LimitKey::Claim(c) = &limiter.key {
-                        admit(limiter, &claim_key(&passed.claims, c)).inspect_err(|_| {
+                        admit(limiter, &claim_key(&passed.token.claims, c)).inspect_err(|_| {
                             metrics()
                                 .rate_limited
                                 .with_label_values(&[&limiter.name])
@@ -250,9 +251,9 @@ impl ProxyHttp for Gateway {
             match checked {
                 Ok(passed) => {
                     if let Some(HashKey::Claim(c)) = &route.upstream.hash_key {
-                        ctx.hash_key = claim_key(&passed.claims, c);
+                        ctx.hash_key = claim_key(&passed.token.claims, c);
                     }
-                    ctx.forward = passed.forward;
+                    ctx.token = Some(passed.token);
                 }
                 Err(reject) => {
                     ctx.policy = Some(policy);
@@ -395,8 +396,10 @@ impl ProxyHttp for Gateway {
                 upstream_request.remove_header(h);
             }
         }
-        for (h, v) in &ctx.forward {
-            upstream_request.insert_header(h.clone(), v.clone())?;
+        if let Some(token) = &ctx.token {
+            for (h, v) in &token.forward {
+                upstream_request.insert_header(h.clone(), v.clone())?;
+            }
         }
         Ok(())
     }

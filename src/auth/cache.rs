@@ -1,0 +1,151 @@
+//! The verified-token cache: exact token bytes → the result of a full verification.
+//!
+//! A hit skips signature verification and parsing; `exp` is still checked on every hit (an
+//! entry never outlives its token), and revocation, rules and rate limits run on every request
+//! after the cache. Entries remember the key-set generation they were verified under: a remote
+//! key set that fetches new keys (rotation, removal) makes its older entries misses. Lookups
+//! compare the whole token, so two tokens can never share an entry. Memory is bounded by
+//! `capacity`; a full shard drops an arbitrary entry.
+
+use super::claims::Claims;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, RwLock};
+
+const SHARDS: usize = 32;
+
+/// Default entries per policy.
+pub const DEFAULT_CAPACITY: usize = 65_536;
+
+/// Everything the request path needs from a verified token.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub claims: Claims,
+    /// Upstream headers from `forward_claims` / `forward_payload`.
+    pub forward: Vec<(HeaderName, HeaderValue)>,
+    pub exp: Option<f64>,
+    /// Key-set generation the token was verified under.
+    pub generation: u64,
+}
+
+struct Entry {
+    token: Box<str>,
+    verified: Arc<VerifiedToken>,
+}
+
+pub struct TokenCache {
+    shards: Vec<RwLock<HashMap<u64, Entry>>>,
+    per_shard: usize,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("capacity", &self.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> TokenCache {
+        let per_shard = (capacity / SHARDS).max(1);
+        TokenCache {
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::with_capacity(per_shard.min(256))))
+                .collect(),
+            per_shard,
+            hasher: RandomState::new(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    fn shard(&self, h: u64) -> &RwLock<HashMap<u64, Entry>> {
+        &self.shards[(h as usize) % SHARDS]
+    }
+
+    /// The entry for exactly this token.
+    pub fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+        let h = self.hasher.hash_one(token);
+        let map = self.shard(h).read().unwrap_or_else(|e| e.into_inner());
+        map.get(&h)
+            .filter(|e| &*e.token == token)
+            .map(|e| e.verified.clone())
+    }
+
+    pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>) {
+        let h = self.hasher.hash_one(token);
+        let mut map = self.shard(h).write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.per_shard && !map.contains_key(&h) {
+            if let Some(&victim) = map.keys().next() {
+                map.remove(&victim);
+            }
+        }
+        map.insert(
+            h,
+            Entry {
+                token: token.into(),
+                verified,
+            },
+        );
+    }
+
+    pub fn remove(&self, token: &str) {
+        let h = self.hasher.hash_one(token);
+        let mut map = self.shard(h).write().unwrap_or_else(|e| e.into_inner());
+        if map.get(&h).is_some_and(|e| &*e.token == token) {
+            map.remove(&h);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(sub: &str) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken {
+            alg: Algorithm::HS256,
+            kid: None,
+            claims: Claims::parse(format!(r#"{{"sub":"{sub}"}}"#).as_bytes()).unwrap(),
+            forward: vec![],
+            exp: None,
+            generation: 0,
+        })
+    }
+
+    #[test]
+    fn exact_match_only_and_bounded() {
+        let c = TokenCache::new(64);
+        c.insert("a.b.c", entry("a"));
+        assert_eq!(c.get("a.b.c").unwrap().claims.str("sub"), Some("a"));
+        assert!(c.get("a.b.d").is_none());
+        assert!(c.get("a.b.c ").is_none());
+        for i in 0..1000 {
+            c.insert(&format!("t.{i}.x"), entry("x"));
+        }
+        assert!(c.len() <= c.capacity(), "{} > {}", c.len(), c.capacity());
+        c.insert("z.z.z", entry("z"));
+        c.remove("z.z.z");
+        assert!(c.get("z.z.z").is_none());
+    }
+}
