@@ -89,6 +89,7 @@ fn benches(c: &mut Criterion) {
         forward_payload: None,
         rules: vec![],
         cache: None,
+        metrics: portcullis::observe::metrics::PolicyMetrics::new("bench"),
     });
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

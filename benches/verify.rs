@@ -34,6 +34,7 @@ fn verifier(key: Key, alg: Algorithm) -> Verifier {
         forward_payload: None,
         rules: vec![],
         cache: None,
+        metrics: portcullis::observe::metrics::PolicyMetrics::new("bench"),
     }
 }
 
@@ -151,6 +152,7 @@ fn bench_routes(c: &mut Criterion) {
                 auth: vec![],
                 pre_auth_limits: vec![],
                 post_auth_limits: vec![],
+                metrics: portcullis::observe::metrics::RouteMetrics::new("bench"),
             },
         )
     };

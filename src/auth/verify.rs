@@ -45,6 +45,8 @@ pub struct Verifier {
     pub rules: Vec<super::rules::Rule>,
     /// Verified tokens, when the policy caches them.
     pub cache: Option<TokenCache>,
+    /// This policy's validation counters.
+    pub metrics: crate::observe::metrics::PolicyMetrics,
 }
 
 /// A token that passed every check.
@@ -306,6 +308,7 @@ mod tests {
             forward_payload: None,
             rules: vec![],
             cache: None,
+            metrics: crate::observe::metrics::PolicyMetrics::new("t"),
         }
     }
 

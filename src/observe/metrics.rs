@@ -4,8 +4,8 @@
 //! fixed vocabulary (results, error kinds, status codes): never a `sub`, a token or a raw path.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -118,6 +118,76 @@ pub fn metrics() -> &'static Metrics {
     static M: LazyLock<Metrics> =
         LazyLock::new(|| build().expect("metric definitions are valid and unique"));
     &M
+}
+
+/// Status codes whose counters a route resolves up front; others are looked up when seen.
+const COMMON_STATUS: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 405, 429, 500, 502, 503, 504,
+];
+
+/// One route's metric handles, resolved when the route is compiled (no label lookups per
+/// request for the usual statuses).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: String,
+    duration: Histogram,
+    by_status: Vec<(u16, IntCounter)>,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        let m = metrics();
+        RouteMetrics {
+            route: route.to_string(),
+            duration: m.request_duration.with_label_values(&[route]),
+            by_status: COMMON_STATUS
+                .iter()
+                .map(|s| (*s, m.requests.with_label_values(&[route, &s.to_string()])))
+                .collect(),
+        }
+    }
+
+    /// Count one finished request.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        match self.by_status.iter().find(|(s, _)| *s == status) {
+            Some((_, c)) => c.inc(),
+            None => metrics()
+                .requests
+                .with_label_values(&[&self.route, &status.to_string()])
+                .inc(),
+        }
+        self.duration.observe(seconds);
+    }
+}
+
+/// The `route="none"` handles, for requests no route matched.
+pub fn no_route_metrics() -> &'static RouteMetrics {
+    static M: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(NO_ROUTE));
+    &M
+}
+
+/// One auth policy's `portcullis_jwt_validations_total` counters.
+#[derive(Debug)]
+pub struct PolicyMetrics {
+    results: Vec<(&'static str, IntCounter)>,
+}
+
+impl PolicyMetrics {
+    pub fn new(policy: &str) -> PolicyMetrics {
+        let m = metrics();
+        PolicyMetrics {
+            results: ["ok", "missing", "invalid", "expired", "forbidden", "revoked"]
+                .into_iter()
+                .map(|r| (r, m.jwt_validations.with_label_values(&[policy, r])))
+                .collect(),
+        }
+    }
+
+    pub fn count(&self, result: &str) {
+        if let Some((_, c)) = self.results.iter().find(|(r, _)| *r == result) {
+            c.inc();
+        }
+    }
 }
 
 impl Metrics {

@@ -436,7 +436,6 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
             routes.push((
                 i,
                 Route {
-                    id,
                     prefix: r.prefix.clone(),
                     host,
                     methods,
@@ -444,6 +443,8 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
                     auth,
                     pre_auth_limits,
                     post_auth_limits,
+                    metrics: crate::observe::metrics::RouteMetrics::new(&id),
+                    id,
                 },
             ));
         }
@@ -881,6 +882,7 @@ fn compile_policy(
         forward_payload,
         rules,
         cache,
+        metrics: crate::observe::metrics::PolicyMetrics::new(name),
     })
 }
 

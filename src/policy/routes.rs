@@ -76,6 +76,7 @@ pub struct Route {
     pub pre_auth_limits: Vec<Arc<RateLimiter>>,
     /// Limits keyed on a claim: checked only once the token is verified.
     pub post_auth_limits: Vec<Arc<RateLimiter>>,
+    pub metrics: crate::observe::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -213,6 +214,7 @@ mod tests {
             auth: vec![],
             pre_auth_limits: vec![],
             post_auth_limits: vec![],
+            metrics: crate::observe::metrics::RouteMetrics::new(prefix),
         }
     }
 

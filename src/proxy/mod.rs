@@ -4,7 +4,7 @@ use crate::auth;
 use crate::error::Reject;
 use crate::limit::{clock_nanos, LimitKey, RateLimiter};
 use crate::observe::access_log::{now_rfc3339, JwtInfo, Line};
-use crate::observe::metrics::{metrics, NO_ROUTE};
+use crate::observe::metrics::{metrics, no_route_metrics};
 use crate::policy::routes::has_dot_segments;
 use crate::policy::{Policy, Route};
 use crate::reload::Live;
@@ -220,10 +220,7 @@ impl ProxyHttp for Gateway {
                 Err(r) => r.auth_result(),
             };
             ctx.auth_result = Some(result);
-            metrics()
-                .jwt_validations
-                .with_label_values(&[&route.auth[which].name, result])
-                .inc();
+            route.auth[which].metrics.count(result);
             if let (Ok(passed), Some(log)) = (&checked, &ctx.access_log) {
                 let t = &passed.token;
                 ctx.jwt = Some((auth::verify::alg_name(t.alg), t.kid.clone()));
@@ -346,10 +343,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(t), Some(route)) = (ctx.upstream_start, &ctx.route) {
-            metrics()
-                .upstream_duration
-                .with_label_values(&[&route.upstream.name])
-                .observe(t.elapsed().as_secs_f64());
+            route.upstream.duration.observe(t.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -357,12 +351,11 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let m = metrics();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| r.id.as_str());
-        let code = status.to_string();
-        m.requests.with_label_values(&[route, &code]).inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(ctx.start.elapsed().as_secs_f64());
+        let seconds = ctx.start.elapsed().as_secs_f64();
+        match &ctx.route {
+            Some(r) => r.metrics.observe(status, seconds),
+            None => no_route_metrics().observe(status, seconds),
+        }
         if let (Some(e), Some(r)) = (e, &ctx.route) {
             let kind = match e.etype() {
                 // Connection failures were counted when they happened.

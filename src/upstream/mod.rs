@@ -95,6 +95,8 @@ pub struct Pool {
     pub settings: PeerSettings,
     pub health_check: Option<HealthCheck>,
     health: Vec<PeerHealth>,
+    /// `portcullis_upstream_duration_seconds{upstream=name}`.
+    pub duration: prometheus::Histogram,
 }
 
 impl std::fmt::Debug for Pool {
@@ -159,6 +161,9 @@ impl Pool {
             settings,
             health_check,
             health,
+            duration: crate::observe::metrics()
+                .upstream_duration
+                .with_label_values(&[name]),
         }
     }
 
