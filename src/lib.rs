@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod background;
 pub mod config;
+pub mod der;
 pub mod echo;
 pub mod error;
 pub mod limit;

@@ -75,7 +75,14 @@ CLAIMS=(--sub user-1234567890 --iss https://issuer.example --aud api --ttl 2h --
 TOKEN_HS=$("$BIN" token --secret "$SECRET" --alg HS256 "${CLAIMS[@]}")
 TOKEN_RS=$("$BIN" token --key "$KEYS/rsa_private.pem" --alg RS256 "${CLAIMS[@]}")
 TOKEN_ES=$("$BIN" token --key "$KEYS/ec_private.pem" --alg ES256 "${CLAIMS[@]}")
-bad() { local t=$1; local last=${t: -1}; [ "$last" = A ] && echo "${t%?}B" || echo "${t%?}A"; }
+# A token with one signature character changed, well inside the signature (the last character
+# carries padding bits that lenient decoders ignore).
+bad() {
+    local t=$1 n=${#1}
+    local c=${t:n-10:1}
+    [ "$c" = A ] && c=B || c=A
+    echo "${t:0:n-10}$c${t:n-9}"
+}
 
 # --- portcullis --------------------------------------------------------------------------------
 GW=$(port); GW_ADMIN=$(port)
@@ -130,7 +137,7 @@ haproxy_conf() { # haproxy_conf ALG KEY  (ALG "none" = no verification)
     cat <<EOF
 global
     nbthread 1
-    maxconn 10000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s

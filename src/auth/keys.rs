@@ -2,10 +2,12 @@
 
 use super::remote::{check_url, RemoteKeys, Source};
 use crate::config::{parse_duration, ConfigError, KeySetConfig, Loaded};
+use aws_lc_rs::hmac;
+use aws_lc_rs::signature::ParsedPublicKey;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -26,6 +28,56 @@ pub struct Key {
     /// A JWK's `alg`: when set, only that algorithm may use the key.
     pub alg: Option<Algorithm>,
     pub decoding: DecodingKey,
+    /// The key parsed once for the crypto library, per algorithm it can verify.
+    prepared: Prepared,
+}
+
+/// Key material parsed at load time, so a verification does no key parsing.
+enum Prepared {
+    Hmac(Vec<(Algorithm, hmac::Key)>),
+    Public(Vec<(Algorithm, ParsedPublicKey)>),
+}
+
+fn prepare(
+    family: AlgorithmFamily,
+    curve: Option<Curve>,
+    decoding: &DecodingKey,
+) -> Result<Prepared, String> {
+    use aws_lc_rs::signature as sig;
+    let bytes: Vec<u8> = match decoding.kind() {
+        DecodingKeyKind::SecretOrDer(b) => b.clone(),
+        DecodingKeyKind::RsaModulusExponent { n, e } => crate::der::rsa_public_pkcs1(n, e),
+    };
+    let public = |list: &[(Algorithm, &'static dyn sig::VerificationAlgorithm)]| {
+        list.iter()
+            .map(|(a, v)| {
+                ParsedPublicKey::new(*v, &bytes)
+                    .map(|k| (*a, k))
+                    .map_err(|e| format!("key rejected: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(Prepared::Public)
+    };
+    match (family, curve) {
+        (AlgorithmFamily::Hmac, _) => Ok(Prepared::Hmac(vec![
+            (Algorithm::HS256, hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
+            (Algorithm::HS384, hmac::Key::new(hmac::HMAC_SHA384, &bytes)),
+            (Algorithm::HS512, hmac::Key::new(hmac::HMAC_SHA512, &bytes)),
+        ])),
+        (AlgorithmFamily::Rsa, _) => public(&[
+            (Algorithm::RS256, &sig::RSA_PKCS1_2048_8192_SHA256),
+            (Algorithm::RS384, &sig::RSA_PKCS1_2048_8192_SHA384),
+            (Algorithm::RS512, &sig::RSA_PKCS1_2048_8192_SHA512),
+            (Algorithm::PS256, &sig::RSA_PSS_2048_8192_SHA256),
+            (Algorithm::PS384, &sig::RSA_PSS_2048_8192_SHA384),
+            (Algorithm::PS512, &sig::RSA_PSS_2048_8192_SHA512),
+        ]),
+        (AlgorithmFamily::Ec, Some(Curve::P384)) => {
+            public(&[(Algorithm::ES384, &sig::ECDSA_P384_SHA384_FIXED)])
+        }
+        (AlgorithmFamily::Ec, _) => public(&[(Algorithm::ES256, &sig::ECDSA_P256_SHA256_FIXED)]),
+        (AlgorithmFamily::Ed, _) => public(&[(Algorithm::EdDSA, &sig::ED25519)]),
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -40,6 +92,40 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
+    /// A key, parsed for verification now (a key the crypto library rejects is an error here,
+    /// at load time, not at the first token).
+    pub fn new(
+        kid: Option<String>,
+        family: AlgorithmFamily,
+        curve: Option<Curve>,
+        alg: Option<Algorithm>,
+        decoding: DecodingKey,
+    ) -> Result<Key, String> {
+        let prepared = prepare(family, curve, &decoding)?;
+        Ok(Key {
+            kid,
+            family,
+            curve,
+            alg,
+            decoding,
+            prepared,
+        })
+    }
+
+    /// Does `signature` sign `message` under this key with `alg`? (Constant time for HMAC.)
+    pub fn verify_signature(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        match &self.prepared {
+            Prepared::Hmac(keys) => keys
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .is_some_and(|(_, k)| hmac::verify(k, message, signature).is_ok()),
+            Prepared::Public(keys) => keys
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .is_some_and(|(_, k)| k.verify_sig(message, signature).is_ok()),
+        }
+    }
+
     /// May this key verify a token signed with `alg`?
     pub fn accepts(&self, alg: Algorithm) -> bool {
         if alg.family() != self.family {
@@ -288,13 +374,14 @@ fn read(loaded: &Loaded, file: &str, fpath: &str) -> Result<String, Vec<ConfigEr
 }
 
 pub fn secret_key(bytes: &[u8], kid: Option<String>) -> Key {
-    Key {
+    Key::new(
         kid,
-        family: AlgorithmFamily::Hmac,
-        curve: None,
-        alg: None,
-        decoding: DecodingKey::from_secret(bytes),
-    }
+        AlgorithmFamily::Hmac,
+        None,
+        None,
+        DecodingKey::from_secret(bytes),
+    )
+    .expect("an HMAC key is any byte string")
 }
 
 /// Parse a JWK or a JWKS document. Keys marked `use: enc` are skipped with a warning; any other
@@ -440,13 +527,7 @@ pub fn parse_jwk(v: &Value) -> Result<Key, String> {
             return Err(format!("alg {a:?} does not fit kty {kty:?}"));
         }
     }
-    Ok(Key {
-        kid,
-        family,
-        curve,
-        alg,
-        decoding,
-    })
+    Key::new(kid, family, curve, alg, decoding)
 }
 
 /// The DER bytes and label of the first PEM block in `pem`.
@@ -495,15 +576,9 @@ pub fn parse_public_pem(pem: &[u8]) -> Result<Key, String> {
             "unsupported PEM block {label:?} (expected PUBLIC KEY)"
         ));
     }
-    let key = |family, curve, decoding| Key {
-        kid: None,
-        family,
-        curve,
-        alg: None,
-        decoding,
-    };
+    let key = |family, curve, decoding| Key::new(None, family, curve, None, decoding);
     if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-        return Ok(key(AlgorithmFamily::Rsa, None, k));
+        return key(AlgorithmFamily::Rsa, None, k);
     }
     if let Ok(k) = DecodingKey::from_ec_pem(pem) {
         let curve = if contains(&der, OID_P256) {
@@ -513,10 +588,10 @@ pub fn parse_public_pem(pem: &[u8]) -> Result<Key, String> {
         } else {
             return Err("unsupported EC curve (P-256 and P-384 are supported)".into());
         };
-        return Ok(key(AlgorithmFamily::Ec, Some(curve), k));
+        return key(AlgorithmFamily::Ec, Some(curve), k);
     }
     if let Ok(k) = DecodingKey::from_ed_pem(pem) {
-        return Ok(key(AlgorithmFamily::Ed, Some(Curve::Ed25519), k));
+        return key(AlgorithmFamily::Ed, Some(Curve::Ed25519), k);
     }
     Err("not an RSA, EC or Ed25519 public key".into())
 }

@@ -144,18 +144,13 @@ impl Verifier {
             }
             return Err(AuthError::UnknownKid);
         }
-        let mut ok = false;
-        for key in candidates {
-            match jsonwebtoken::crypto::verify(s64, message, &key.decoding, alg) {
-                Ok(true) => {
-                    ok = true;
-                    break;
-                }
-                Ok(false) => {}
-                Err(_) => return Err(AuthError::Malformed),
-            }
-        }
-        if !ok {
+        // Signatures are at most 512 bytes (RSA-4096); decode without allocating.
+        let mut sig_buf = [0u8; 768];
+        let sig_len = URL_SAFE_NO_PAD
+            .decode_slice(s64, &mut sig_buf)
+            .map_err(|_| AuthError::Malformed)?;
+        let signature = &sig_buf[..sig_len];
+        if !candidates.any(|key| key.verify_signature(alg, message, signature)) {
             return Err(AuthError::BadSignature);
         }
 
@@ -444,6 +439,22 @@ mod tests {
         let last = if t2.ends_with('A') { "Q" } else { "A" };
         let forged = format!("{}{last}", &t2[..t2.len() - 1]);
         assert!(v.verify_token(&forged, 1.0).is_err());
+    }
+
+    #[test]
+    fn signatures_must_be_canonical_base64url() {
+        let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let t = hs(json!({"sub":"a"}));
+        assert!(v.verify(&t, 1.0).is_ok());
+        // The last of 43 characters carries 4 bits of the 32-byte MAC and 2 unused bits: a
+        // lenient decoder maps both spellings to the same MAC. We refuse the non-canonical one.
+        let last = t.chars().last().unwrap();
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let idx = alphabet.find(last).unwrap();
+        let twin = alphabet.as_bytes()[idx | 1] as char;
+        assert_ne!(twin, last);
+        let malleated = format!("{}{twin}", &t[..t.len() - 1]);
+        assert_eq!(v.verify(&malleated, 1.0).unwrap_err(), AuthError::Malformed);
     }
 
     #[test]

@@ -176,10 +176,17 @@ impl PolicyMetrics {
     pub fn new(policy: &str) -> PolicyMetrics {
         let m = metrics();
         PolicyMetrics {
-            results: ["ok", "missing", "invalid", "expired", "forbidden", "revoked"]
-                .into_iter()
-                .map(|r| (r, m.jwt_validations.with_label_values(&[policy, r])))
-                .collect(),
+            results: [
+                "ok",
+                "missing",
+                "invalid",
+                "expired",
+                "forbidden",
+                "revoked",
+            ]
+            .into_iter()
+            .map(|r| (r, m.jwt_validations.with_label_values(&[policy, r])))
+            .collect(),
         }
     }
 
