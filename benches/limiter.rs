@@ -5,7 +5,6 @@ use criterion::{black_box, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
 use portcullis::auth::keys::secret_key;
-use portcullis::auth::token::TokenSource;
 use portcullis::auth::Verifier;
 use portcullis::limit::{clock_nanos, LimitKey, RateLimiter, DEFAULT_MAX_KEYS};
 use std::sync::Arc;
@@ -74,23 +73,11 @@ fn benches(c: &mut Criterion) {
 
     // The request path's CPU work for a protected, claim-limited route.
     let secret = b"0123456789abcdef0123456789abcdef";
-    let v = Arc::new(Verifier {
-        name: "p".into(),
-        realm: "p".into(),
-        algorithms: vec![Algorithm::HS256],
-        keys: vec![Arc::new(secret_key(secret, None))],
-        remote: vec![],
-        sources: vec![TokenSource::Bearer],
-        issuers: vec![],
-        audiences: vec![],
-        leeway: 0.0,
-        require_exp: false,
-        forward_claims: vec![],
-        forward_payload: None,
-        rules: vec![],
-        cache: None,
-        metrics: portcullis::observe::metrics::PolicyMetrics::new("bench"),
-    });
+    let v = Arc::new(Verifier::basic(
+        "p",
+        &[Algorithm::HS256],
+        vec![secret_key(secret, None)],
+    ));
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &serde_json::json!({"sub": "user-42", "exp": 4_000_000_000u64}),

@@ -5,7 +5,6 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
 use portcullis::auth::keys::{parse_public_pem, secret_key, Key};
-use portcullis::auth::token::TokenSource;
 use portcullis::auth::Verifier;
 use portcullis::policy::{HostMatch, Route, RouteTable};
 use portcullis::upstream::Pool;
@@ -18,24 +17,14 @@ fn read(name: &str) -> Vec<u8> {
     std::fs::read(format!("{KEYS}{name}")).unwrap()
 }
 
+/// A policy as a real deployment has it: issuer, audience, exp required, one forwarded claim.
 fn verifier(key: Key, alg: Algorithm) -> Verifier {
-    Verifier {
-        name: "bench".into(),
-        realm: "bench".into(),
-        algorithms: vec![alg],
-        keys: vec![Arc::new(key)],
-        remote: vec![],
-        sources: vec![TokenSource::Bearer],
-        issuers: vec!["https://issuer.example".into()],
-        audiences: vec!["api".into()],
-        leeway: 0.0,
-        require_exp: true,
-        forward_claims: vec![(http::HeaderName::from_static("x-user"), "sub".into())],
-        forward_payload: None,
-        rules: vec![],
-        cache: None,
-        metrics: portcullis::observe::metrics::PolicyMetrics::new("bench"),
-    }
+    let mut v = Verifier::basic("bench", &[alg], vec![key]);
+    v.issuers = vec!["https://issuer.example".into()];
+    v.audiences = vec!["api".into()];
+    v.require_exp = true;
+    v.forward_claims = vec![(http::HeaderName::from_static("x-user"), "sub".into())];
+    v
 }
 
 fn claims() -> serde_json::Value {

@@ -16,6 +16,7 @@ pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod request_key;
 pub mod server;
 pub mod upstream;
 

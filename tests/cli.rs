@@ -287,23 +287,8 @@ fn sigterm_and_sigint_stop_promptly() {
         ));
         assert_eq!(gw.get("/", &[]).status, 200);
         let t = Instant::now();
-        let ok = Command::new("kill")
-            .arg(signal)
-            .arg(gw.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        loop {
-            if gw.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(8),
-                "{signal} did not stop the gateway"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        gw.signal(signal);
+        gw.wait_exit(t, Duration::from_secs(8));
     }
 }
 

@@ -69,11 +69,7 @@ impl Running {
         std::fs::rename(&tmp, &self.conf).unwrap();
     }
     fn hup(&self) {
-        assert!(Command::new("kill")
-            .args(["-HUP", &self.gw.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        self.gw.signal("-HUP");
     }
     fn peer(&self) -> String {
         self.gw.get("/v/x", &[]).json()["peer"]
@@ -261,11 +257,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let signalled = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &r.gw.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    r.gw.signal("-TERM");
     // New connections are refused soon after the signal.
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -275,16 +267,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     let (status, took) = slow.join().unwrap();
     assert_eq!(status, 200, "the request in flight was cut");
     assert!(took >= Duration::from_millis(1500));
-    let code = loop {
-        if let Some(code) = r.gw.child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(4),
-            "did not exit after the request finished"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = r.gw.wait_exit(signalled, Duration::from_secs(4));
     assert!(code.success(), "{code}");
     assert!(!r.pid.exists(), "pid file left behind");
     let _ = &mut r;
@@ -296,20 +279,7 @@ fn sigterm_when_idle_exits_at_once() {
     let mut r = start(&a, 5);
     assert_eq!(r.gw.get("/v/x", &[]).status, 200);
     let t = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &r.gw.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let code = loop {
-        if let Some(code) = r.gw.child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "idle stop took too long"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    r.gw.signal("-TERM");
+    let code = r.gw.wait_exit(t, Duration::from_secs(2));
     assert!(code.success());
 }

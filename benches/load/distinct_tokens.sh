@@ -5,47 +5,14 @@
 # before and after, and the throughput. Needs what run.sh needs.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BIN="$ROOT/target/release/portcullis"
+. "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-60s}
 TOKENS=${TOKENS:-100000}
 SECRET="benchmark-secret-benchmark-secret-0123456789"
-[ -x "$BIN" ] || { echo "missing $BIN: run cargo build --release" >&2; exit 1; }
-for tool in nginx wrk taskset python3; do
-    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
-
-WORK=$(mktemp -d /tmp/portcullis-tokens.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-    echo "nothing listens on $1" >&2; return 1
-}
+need nginx wrk taskset python3
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-UP=$(port)
-cat >"$WORK/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/upstream.pid;
-error_log $WORK/upstream.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    server { listen 127.0.0.1:$UP; location / { return 200 '{"ok":true}'; } }
-}
-EOF
-taskset -c 1 nginx -c "$WORK/upstream.conf" -p "$WORK" &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream 1
 
 python3 - "$SECRET" "$TOKENS" >"$WORK/tokens.txt" <<'EOF'
 import base64, hmac, hashlib, json, sys, time
@@ -78,9 +45,8 @@ auth: {p: {keys: hs, algorithms: [HS256], cache_size: $size}}
 rate_limits: {per_sub: {key: "claim:sub", rate: 100/s, burst: 100}}
 routes: [{prefix: /api/, upstream: api, auth: p, rate_limit: per_sub}]
 EOF
-    taskset -c 0 "$BIN" run -c "$WORK/gw.yaml" >"$WORK/gw.log" 2>&1 &
-    PIDS+=($!)
-    GW_PID=$!
+    start 0 "$WORK/gw.log" "$BIN" run -c "$WORK/gw.yaml"
+    GW_PID=${PIDS[-1]}
     wait_port "$GW"
     before=$(rss "$GW_PID")
     out=$(taskset -c 1 wrk -t1 -c64 -d"$DURATION" -s "$WORK/tokens.lua" "http://127.0.0.1:$GW")
@@ -88,5 +54,5 @@ EOF
     rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
     non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
     echo "| $TOKENS distinct tokens, cache_size $size | $rps req/s | RSS $before KiB -> $after KiB | non-2xx: ${non2xx:-0} |"
-    kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+    stop_last
 done

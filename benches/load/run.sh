@@ -11,64 +11,17 @@
 # Usage: benches/load/run.sh            (DURATION=10s CONNECTIONS=64 by default)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BIN="$ROOT/target/release/portcullis"
+. "$(dirname "$0")/lib.sh"
 KEYS="$ROOT/tests/keys"
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 SECRET="benchmark-secret-benchmark-secret-0123456789"
-
-for tool in nginx haproxy wrk taskset curl; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx haproxy wrk)" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "missing $BIN: run cargo build --release" >&2; exit 1; }
-
-WORK=$(mktemp -d /tmp/portcullis-load.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2; return 1
-}
-start() { # start CORE LOG CMD...: run pinned, remember the pid
-    local core=$1 log=$2; shift 2
-    taskset -c "$core" "$@" >"$log" 2>&1 &
-    PIDS+=($!)
-}
-stop_last() { local pid=${PIDS[-1]}; kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; unset 'PIDS[-1]'; }
+need nginx haproxy wrk taskset curl python3
 
 # --- the upstream: nginx answering a small JSON body -------------------------------------------
-UP=$(port)
-cat >"$WORK/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/upstream.pid;
-error_log $WORK/upstream.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$UP;
-        location / { default_type application/json; return 200 '{"ok":true,"service":"bench"}'; }
-    }
-}
-EOF
-start "$LOAD_CORE" "$WORK/upstream.log" nginx -c "$WORK/upstream.conf" -p "$WORK"
-wait_port "$UP"
+start_upstream "$LOAD_CORE"
 
 # --- tokens ------------------------------------------------------------------------------------
 CLAIMS=(--sub user-1234567890 --iss https://issuer.example --aud api --ttl 2h --claim scope="read:items write:items")

@@ -82,6 +82,29 @@ fn numeric(claims: &Claims, name: &str) -> Result<Option<f64>, AuthError> {
 }
 
 impl Verifier {
+    /// A policy with only the essentials: Bearer tokens, these algorithms and keys, no issuer,
+    /// audience, rules, forwarding or cache. `compile` builds the real ones from configuration;
+    /// this is for tests and benchmarks, which then set the fields they need.
+    pub fn basic(name: &str, algorithms: &[Algorithm], keys: Vec<Key>) -> Verifier {
+        Verifier {
+            name: name.to_string(),
+            realm: name.to_string(),
+            algorithms: algorithms.to_vec(),
+            keys: keys.into_iter().map(Arc::new).collect(),
+            remote: vec![],
+            sources: vec![TokenSource::Bearer],
+            issuers: vec![],
+            audiences: vec![],
+            leeway: 0.0,
+            require_exp: false,
+            forward_claims: vec![],
+            forward_payload: None,
+            rules: vec![],
+            cache: None,
+            metrics: crate::observe::metrics::PolicyMetrics::new(name),
+        }
+    }
+
     /// Verify a compact token at time `now` (seconds since the epoch).
     pub fn verify<'t>(&self, token: &'t str, now: f64) -> Result<Verified<'t>, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
@@ -288,23 +311,7 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn verifier(keys: Vec<Key>, algs: &[Algorithm]) -> Verifier {
-        Verifier {
-            name: "t".into(),
-            realm: "t".into(),
-            algorithms: algs.to_vec(),
-            keys: keys.into_iter().map(Arc::new).collect(),
-            remote: vec![],
-            sources: vec![TokenSource::Bearer],
-            issuers: vec![],
-            audiences: vec![],
-            leeway: 0.0,
-            require_exp: false,
-            forward_claims: vec![],
-            forward_payload: None,
-            rules: vec![],
-            cache: None,
-            metrics: crate::observe::metrics::PolicyMetrics::new("t"),
-        }
+        Verifier::basic("t", algs, keys)
     }
 
     fn hs(claims: Value) -> String {

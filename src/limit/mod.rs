@@ -10,7 +10,6 @@ pub mod revocation;
 
 pub use revocation::{Revocation, RevocationSet};
 
-use http::HeaderName;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -22,33 +21,8 @@ const SHARDS: usize = 64;
 /// Default bound on keys per limit.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// What a limit counts by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LimitKey {
-    /// A claim of the verified token: applied after verification only.
-    Claim(String),
-    /// The client's IP address.
-    Ip,
-    /// A request header's value.
-    Header(HeaderName),
-}
-
-impl LimitKey {
-    pub fn parse(s: &str) -> Result<LimitKey, String> {
-        if s == "ip" {
-            return Ok(LimitKey::Ip);
-        }
-        match s.split_once(':') {
-            Some(("claim", c)) if !c.is_empty() => Ok(LimitKey::Claim(c.to_string())),
-            Some(("header", h)) if !h.is_empty() => HeaderName::from_bytes(h.as_bytes())
-                .map(LimitKey::Header)
-                .map_err(|_| format!("invalid header name {h:?}")),
-            _ => Err(format!(
-                "invalid key {s:?}: use claim:NAME, ip or header:NAME"
-            )),
-        }
-    }
-}
+/// What a limit counts by (`claim:NAME` is applied after verification only).
+pub use crate::request_key::RequestKey as LimitKey;
 
 /// Parse `10/s`, `600/m`, `3600/h`: requests per second.
 pub fn parse_rate(s: &str) -> Result<f64, String> {
@@ -235,21 +209,6 @@ mod tests {
         for bad in ["10", "0/s", "-1/s", "x/s", "10/d", "/s"] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn keys() {
-        assert_eq!(LimitKey::parse("ip").unwrap(), LimitKey::Ip);
-        assert_eq!(
-            LimitKey::parse("claim:sub").unwrap(),
-            LimitKey::Claim("sub".into())
-        );
-        assert!(matches!(
-            LimitKey::parse("header:X-Api-Key").unwrap(),
-            LimitKey::Header(_)
-        ));
-        assert!(LimitKey::parse("claim:").is_err());
-        assert!(LimitKey::parse("cookie:x").is_err());
     }
 
     #[test]

@@ -1007,15 +1007,10 @@ impl Policy {
         if !self.rate_limits.is_empty() {
             let _ = writeln!(s, "rate limits ({}):", self.rate_limits.len());
             for (name, l) in &self.rate_limits {
-                let key = match &l.key {
-                    LimitKey::Claim(c) => format!("claim:{c}"),
-                    LimitKey::Ip => "ip".to_string(),
-                    LimitKey::Header(h) => format!("header:{h}"),
-                };
                 let _ = writeln!(
                     s,
-                    "  {name:<16} key {key}, {}/s, burst {}, at most {} keys",
-                    l.rate, l.burst, l.max_keys
+                    "  {name:<16} key {}, {}/s, burst {}, at most {} keys",
+                    l.key, l.rate, l.burst, l.max_keys
                 );
             }
         }

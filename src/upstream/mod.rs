@@ -4,7 +4,6 @@ pub mod health;
 
 pub use health::{HealthCheck, HealthKind};
 
-use http::HeaderName;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
@@ -16,31 +15,8 @@ use std::time::Duration;
 /// The largest weight one peer may have (the selector repeats a peer `weight` times).
 pub const MAX_WEIGHT: u32 = 1000;
 
-/// What a consistent-hash pool hashes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// A claim of the verified token (routes to such a pool must have auth).
-    Claim(String),
-    Header(HeaderName),
-    Ip,
-}
-
-impl HashKey {
-    pub fn parse(s: &str) -> Result<HashKey, String> {
-        if s == "ip" {
-            return Ok(HashKey::Ip);
-        }
-        match s.split_once(':') {
-            Some(("claim", c)) if !c.is_empty() => Ok(HashKey::Claim(c.to_string())),
-            Some(("header", h)) if !h.is_empty() => HeaderName::from_bytes(h.as_bytes())
-                .map(HashKey::Header)
-                .map_err(|_| format!("invalid header name {h:?}")),
-            _ => Err(format!(
-                "invalid hash_key {s:?}: use claim:NAME, header:NAME or ip"
-            )),
-        }
-    }
-}
+/// What a consistent-hash pool hashes (a claim key needs every route to the pool to have auth).
+pub use crate::request_key::RequestKey as HashKey;
 
 /// TLS to the peers.
 #[derive(Debug, Clone, PartialEq, Eq)]

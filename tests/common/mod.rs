@@ -64,6 +64,36 @@ pub fn temp_dir() -> PathBuf {
     d
 }
 
+/// Run `portcullis check` on a config file that must be refused; returns what it printed on
+/// stderr.
+pub fn check_refuses(conf: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "check accepted {}", conf.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Write `yaml` to a fresh file and `check_refuses` it.
+pub fn check_refuses_yaml(yaml: &str) -> String {
+    let conf = temp_dir().join("c.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    check_refuses(&conf)
+}
+
+/// Each `(yaml path, text)` must be one error line `FILE: path: …text…`.
+pub fn assert_errors(err: &str, expected: &[(&str, &str)]) {
+    for (path, what) in expected {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!(": {path}: ")) && l.contains(what)),
+            "no error for {path} mentioning {what:?} in:\n{err}"
+        );
+    }
+}
+
 /// A running gateway process; killed when dropped.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -128,6 +158,27 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("gateway did not start listening: {}", self.log());
+    }
+
+    /// Send a signal (`-TERM`, `-HUP`, …) to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal} failed");
+    }
+
+    /// Wait for the process to exit, counting from `since`; panics after `limit`.
+    pub fn wait_exit(&mut self, since: Instant, limit: Duration) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(since.elapsed() < limit, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log(&self) -> String {
