@@ -73,6 +73,8 @@ pub struct RateLimiter {
     pub max_keys: usize,
     shards: Vec<Mutex<HashMap<u64, Bucket>>>,
     hasher: RandomState,
+    /// `portcullis_rate_limited_total{limit=name}`.
+    pub limited: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -109,6 +111,9 @@ impl RateLimiter {
                 .map(|_| Mutex::new(HashMap::with_capacity(per_shard.min(1024))))
                 .collect(),
             hasher: RandomState::new(),
+            limited: crate::observe::metrics()
+                .rate_limited
+                .with_label_values(&[name]),
         }
     }
 

@@ -82,12 +82,13 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
     Some(raw.rsplit_once(':').map_or(raw, |(h, _)| h))
 }
 
-/// Take a token from a limiter, or say why not.
+/// Take a token from a limiter, or say (and count) why not.
 fn admit(limiter: &RateLimiter, key: &[u8]) -> std::result::Result<(), Reject> {
     let d = limiter.check(key, clock_nanos());
     if d.allowed {
         return Ok(());
     }
+    limiter.limited.inc();
     Err(Reject::TooManyRequests {
         limit: limiter.burst,
         remaining: d.remaining,
@@ -199,10 +200,6 @@ impl ProxyHttp for Gateway {
                 _ => ip_key(session),
             };
             if let Err(reject) = admit(limiter, &key) {
-                metrics()
-                    .rate_limited
-                    .with_label_values(&[&limiter.name])
-                    .inc();
                 ctx.policy = Some(policy);
                 ctx.route = Some(route);
                 return respond(session, &reject).await;
@@ -235,12 +232,7 @@ impl ProxyHttp for Gateway {
             let checked = checked.and_then(|passed| {
                 for limiter in &route.post_auth_limits {
                     if let LimitKey::Claim(c) = &limiter.key {
-                        admit(limiter, &claim_key(&passed.token.claims, c)).inspect_err(|_| {
-                            metrics()
-                                .rate_limited
-                                .with_label_values(&[&limiter.name])
-                                .inc()
-                        })?;
+                        admit(limiter, &claim_key(&passed.token.claims, c))?;
                     }
                 }
                 Ok(passed)
