@@ -255,3 +255,25 @@ routes: [{prefix: /, upstream: api, auth: p}]
     );
     assert!(!err.contains("keys.fine"), "{err}");
 }
+
+#[test]
+fn a_reload_keeps_fetched_keys_when_the_key_set_is_unchanged() {
+    let idp = MockIdp::start(vec![public_jwk("rsa1")]);
+    let (_up, gw) = gateway(&format!(
+        "{{jwks_url: \"{}\", refresh: 10m}}",
+        idp.jwks_url()
+    ));
+    wait_ready(&gw);
+    let fetched = idp.fetches();
+    // Reload with a new route and the same key set: no refetch, no 503 window.
+    let conf = gw.dir.join("portcullis.yaml");
+    let yaml = std::fs::read_to_string(&conf).unwrap() + "  - {prefix: /new/, upstream: api}\n";
+    std::fs::write(&conf, yaml).unwrap();
+    gw.signal("-HUP");
+    within(5, "reload not applied", || {
+        gw.metric(r#"portcullis_config_reloads_total{result="ok"}"#) == 1.0
+    });
+    assert_eq!(gw.bearer("/api/x", &token("rsa1")).status, 200);
+    assert_eq!(idp.fetches(), fetched);
+    assert_eq!(request(gw.admin, "GET", "/readyz", &[], None).status, 200);
+}
