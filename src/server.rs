@@ -33,6 +33,12 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
         // `drain` ends the process as soon as they are done.
         grace_period_seconds: Some(shutdown_timeout.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Timeouts of a second or more (connect, read, keep-alive) go to tokio's timer wheel on
+        // the worker itself. Otherwise Pingora starts a clock thread that wakes every millisecond
+        // and locks each worker's timer tree; with this there is no such thread at all. Measured
+        // on one pinned core: +2% requests/s on average over 9 runs each (within this machine's
+        // noise), and 1000 fewer wake-ups a second when idle.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
