@@ -125,6 +125,34 @@ fn bench_verify(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // The same with the verified-token cache: every iteration after the first is a hit.
+    let mut cached = verifier(secret_key(hs_secret, None), Algorithm::HS256);
+    cached.cache = Some(portcullis::auth::cache::TokenCache::new(1024));
+    let cached = vec![Arc::new(cached)];
+    c.bench_function("auth::check HS256 request, cache hit", |b| {
+        b.iter(|| {
+            portcullis::auth::check(black_box(&cached), &req, now, None)
+                .1
+                .unwrap()
+        })
+    });
+    let mut rs_cached = verifier(
+        parse_public_pem(&read("rsa_public.pem")).unwrap(),
+        Algorithm::RS256,
+    );
+    rs_cached.cache = Some(portcullis::auth::cache::TokenCache::new(1024));
+    let rs_cached = vec![Arc::new(rs_cached)];
+    let mut rs_req = RequestHeader::build("GET", b"/api/items?x=1", None).unwrap();
+    rs_req
+        .insert_header("authorization", format!("Bearer {}", cases[1].2))
+        .unwrap();
+    c.bench_function("auth::check RS256 request, cache hit", |b| {
+        b.iter(|| {
+            portcullis::auth::check(black_box(&rs_cached), &rs_req, now, None)
+                .1
+                .unwrap()
+        })
+    });
 }
 
 fn bench_routes(c: &mut Criterion) {
