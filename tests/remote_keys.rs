@@ -277,3 +277,43 @@ fn a_reload_keeps_fetched_keys_when_the_key_set_is_unchanged() {
     assert_eq!(idp.fetches(), fetched);
     assert_eq!(request(gw.admin, "GET", "/readyz", &[], None).status, 200);
 }
+
+#[test]
+fn an_https_jwks_is_fetched_and_its_certificate_checked() {
+    let dir = temp_dir();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [public_jwk("rsa1")]}).to_string()).unwrap();
+    let idp = TlsServer::start(Some(&jwks));
+    let body = |env_trusts: bool| {
+        let up = echo();
+        let yaml = format!(
+            r#"
+upstreams: {{api: {{peers: ["{}"]}}}}
+keys:
+  idp: {{jwks_url: "https://localhost:{}/jwks", timeout: 2s}}
+auth:
+  users: {{keys: idp, algorithms: [RS256]}}
+routes:
+  - {{prefix: /api/, upstream: api, auth: users}}
+"#,
+            up.addr, idp.port
+        );
+        let env = if env_trusts {
+            vec![TlsServer::trust()]
+        } else {
+            vec![]
+        };
+        (up, Gateway::start_env(&yaml, &env))
+    };
+    // The certificate is trusted (as a system root would be): keys load, tokens pass.
+    let (_up, gw) = body(true);
+    wait_ready(&gw);
+    assert_eq!(gw.bearer("/api/x", &token("rsa1")).status, 200);
+    drop(gw);
+    // Not trusted: the fetch fails, nothing is loaded.
+    let (_up, gw) = body(false);
+    std::thread::sleep(Duration::from_millis(800));
+    let r = request(gw.admin, "GET", "/readyz", &[], None);
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    assert_eq!(gw.bearer("/api/x", &token("rsa1")).status, 503);
+}

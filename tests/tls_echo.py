@@ -1,6 +1,7 @@
-"""A TLS upstream for the tests: answers every GET with JSON naming the SNI it was sent.
+"""A TLS server for the tests: answers every GET with JSON naming the SNI it was sent, or, for
+`/jwks` when a JWKS file is given, with that file.
 
-Usage: tls_echo.py CERT KEY  -- prints the port it listens on (127.0.0.1), then serves.
+Usage: tls_echo.py CERT KEY [JWKS]  -- prints the port it listens on (127.0.0.1), then serves.
 """
 import http.server
 import json
@@ -14,7 +15,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = json.dumps({"tls": True, "path": self.path, "sni": SNI.get("name")}).encode()
+        if self.path == "/jwks" and len(sys.argv) > 3:
+            with open(sys.argv[3], "rb") as f:
+                body = f.read()
+        else:
+            body = json.dumps({"tls": True, "path": self.path, "sni": SNI.get("name")}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))

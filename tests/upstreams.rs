@@ -230,37 +230,6 @@ routes:
     );
 }
 
-/// The Python TLS upstream; killed when dropped.
-struct TlsUpstream {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for TlsUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tls_upstream() -> TlsUpstream {
-    use std::io::BufRead;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let mut child = std::process::Command::new("python3")
-        .arg(dir.join("tls_echo.py"))
-        .arg(dir.join("keys/tls_cert.pem"))
-        .arg(dir.join("keys/tls_key.pem"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().parse().expect("the TLS upstream's port");
-    TlsUpstream { child, port }
-}
-
 fn tls_gateway(port: u16, tls: &str, env: &[(&str, String)]) -> Gateway {
     let (gw_port, admin) = (free_port(), free_port());
     let yaml = format!(
@@ -271,17 +240,13 @@ fn tls_gateway(port: u16, tls: &str, env: &[(&str, String)]) -> Gateway {
 
 #[test]
 fn tls_to_the_upstream_with_sni_and_verification() {
-    let up = tls_upstream();
+    let up = TlsServer::start(None);
     // Verification on (the default) against a self-signed certificate: refused.
     let gw = tls_gateway(up.port, "{sni: upstream.test}", &[]);
     assert_eq!(gw.get("/x", &[]).status, 502);
     drop(gw);
     // Trusting that certificate (SSL_CERT_FILE, as for system roots): served, SNI sent.
-    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/keys/tls_cert.pem")
-        .display()
-        .to_string();
-    let gw = tls_gateway(up.port, "{sni: upstream.test}", &[("SSL_CERT_FILE", ca)]);
+    let gw = tls_gateway(up.port, "{sni: upstream.test}", &[TlsServer::trust()]);
     let r = gw.get("/secure", &[]);
     assert_eq!(r.status, 200, "{}", gw.log());
     assert_eq!(r.json()["tls"], true);
@@ -289,11 +254,7 @@ fn tls_to_the_upstream_with_sni_and_verification() {
     assert_eq!(r.json()["path"], "/secure");
     drop(gw);
     // A name the certificate does not carry: refused.
-    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/keys/tls_cert.pem")
-        .display()
-        .to_string();
-    let gw = tls_gateway(up.port, "{sni: other.test}", &[("SSL_CERT_FILE", ca)]);
+    let gw = tls_gateway(up.port, "{sni: other.test}", &[TlsServer::trust()]);
     assert_eq!(gw.get("/x", &[]).status, 502);
     drop(gw);
     // verify: false accepts anything (for test rigs only).

@@ -94,6 +94,47 @@ pub fn assert_errors(err: &str, expected: &[(&str, &str)]) {
     }
 }
 
+/// The Python TLS server (tests/tls_echo.py, certificate tests/keys/tls_cert.pem for
+/// `upstream.test`, `localhost` and 127.0.0.1); killed when dropped.
+pub struct TlsServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl TlsServer {
+    /// Start it; with `jwks`, it serves that file at `/jwks`.
+    pub fn start(jwks: Option<&Path>) -> TlsServer {
+        use std::io::BufRead;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+        let mut cmd = Command::new("python3");
+        cmd.arg(dir.join("tls_echo.py"))
+            .arg(dir.join("keys/tls_cert.pem"))
+            .arg(dir.join("keys/tls_key.pem"));
+        if let Some(j) = jwks {
+            cmd.arg(j);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the TLS server's port");
+        TlsServer { child, port }
+    }
+
+    /// The environment that makes the gateway trust this server's certificate.
+    pub fn trust() -> (&'static str, String) {
+        ("SSL_CERT_FILE", key_path("tls_cert.pem"))
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running gateway process; killed when dropped.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -106,12 +147,17 @@ impl Gateway {
     /// Start with a config whose `server` section is filled in here. `body` holds the other
     /// sections.
     pub fn start(body: &str) -> Gateway {
+        Self::start_env(body, &[])
+    }
+
+    /// As `start`, with extra environment variables for the process.
+    pub fn start_env(body: &str, env: &[(&str, String)]) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
         let yaml = format!(
             "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  admin: \"127.0.0.1:{admin_port}\"\n{body}"
         );
-        Self::start_raw(&yaml, port, admin_port)
+        Self::start_raw_env(&yaml, port, admin_port, env)
     }
 
     pub fn start_raw(yaml: &str, port: u16, admin_port: u16) -> Gateway {
