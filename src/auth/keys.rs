@@ -1,7 +1,7 @@
 //! Verification keys: loaded from JWK/JWKS files, PEM files and secrets, once, at compile time.
 
 use super::remote::{check_url, RemoteKeys, Source};
-use crate::config::{parse_duration, ConfigError, KeySetConfig, Loaded};
+use crate::config::{duration_field, ConfigError, KeySetConfig, Loaded};
 use aws_lc_rs::hmac;
 use aws_lc_rs::signature::ParsedPublicKey;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -255,27 +255,21 @@ pub fn load_key_set(
             }
             Source::Oidc(issuer)
         };
-        let mut duration = |field: &str, v: &Option<String>, default: u64, min_ms: u64| {
-            let Some(v) = v else {
-                return std::time::Duration::from_secs(default);
-            };
-            match parse_duration(v) {
-                Ok(d) if d.as_millis() >= u128::from(min_ms) && d.as_secs() <= 86_400 => d,
-                Ok(_) => {
-                    errors.push(ConfigError::new(
-                        format!("{path}.{field}"),
-                        format!("{v:?} is out of range {min_ms}ms..=24h"),
-                    ));
-                    std::time::Duration::from_secs(default)
-                }
-                Err(e) => {
-                    errors.push(ConfigError::new(format!("{path}.{field}"), e));
-                    std::time::Duration::from_secs(default)
-                }
-            }
-        };
-        let refresh = duration("refresh", &cfg.refresh, 600, 1000);
-        let timeout = duration("timeout", &cfg.timeout, 5, 100);
+        let day = std::time::Duration::from_secs(86_400);
+        let refresh = duration_field(
+            format!("{path}.refresh"),
+            &cfg.refresh,
+            std::time::Duration::from_secs(600),
+            std::time::Duration::from_secs(1)..=day,
+            &mut errors,
+        );
+        let timeout = duration_field(
+            format!("{path}.timeout"),
+            &cfg.timeout,
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_millis(100)..=day,
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(errors);
         }

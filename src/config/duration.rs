@@ -1,4 +1,36 @@
+use super::ConfigError;
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+/// An optional duration field of the config: `default` when absent; an unparsable value or one
+/// outside `range` is recorded in `errors` under `field` (and `default` returned).
+pub fn duration_field(
+    field: String,
+    value: &Option<String>,
+    default: Duration,
+    range: RangeInclusive<Duration>,
+    errors: &mut Vec<ConfigError>,
+) -> Duration {
+    let Some(v) = value else { return default };
+    match parse_duration(v) {
+        Ok(d) if range.contains(&d) => d,
+        Ok(_) => {
+            errors.push(ConfigError::new(
+                field,
+                format!(
+                    "{v:?} is out of range {:?}..={:?}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+            default
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(field, e));
+            default
+        }
+    }
+}
 
 /// Parse `500ms`, `30s`, `10m`, `1h` (a whole number and a unit; `0` alone is allowed).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -6,7 +6,7 @@
 
 mod duration;
 
-pub use duration::parse_duration;
+pub use duration::{duration_field, parse_duration};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;

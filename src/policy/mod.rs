@@ -12,7 +12,7 @@ use crate::auth::rules::Rule;
 use crate::auth::token::TokenSource;
 use crate::auth::verify::alg_name;
 use crate::auth::Verifier;
-use crate::config::{parse_duration, ConfigError, ConfigErrors, Loaded, PolicyConfig};
+use crate::config::{duration_field, ConfigError, ConfigErrors, Loaded, PolicyConfig};
 use crate::config::{Balance, HealthKindConfig, UpstreamConfig};
 use crate::limit::{
     parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS,
@@ -129,23 +129,13 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
             }
         });
     let pid_file = cfg.server.pid_file.as_ref().map(|p| loaded.resolve(p));
-    let shutdown_timeout = match &cfg.server.shutdown_timeout {
-        None => std::time::Duration::from_secs(10),
-        Some(s) => match parse_duration(s) {
-            Ok(d) if d.as_secs() <= 3600 => d,
-            Ok(_) => {
-                errors.push(ConfigError::new(
-                    "server.shutdown_timeout",
-                    format!("{s:?} is more than 1h"),
-                ));
-                std::time::Duration::ZERO
-            }
-            Err(e) => {
-                errors.push(ConfigError::new("server.shutdown_timeout", e));
-                std::time::Duration::ZERO
-            }
-        },
-    };
+    let shutdown_timeout = duration_field(
+        "server.shutdown_timeout".into(),
+        &cfg.server.shutdown_timeout,
+        std::time::Duration::from_secs(10),
+        std::time::Duration::ZERO..=std::time::Duration::from_secs(3600),
+        &mut errors,
+    );
     if let Some(a) = admin {
         if listen.contains(&a) {
             errors.push(ConfigError::new(
@@ -491,35 +481,6 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     })
 }
 
-/// A duration field that must lie in `range`.
-fn duration_field(
-    field: String,
-    value: &Option<String>,
-    default: std::time::Duration,
-    range: std::ops::RangeInclusive<std::time::Duration>,
-    errors: &mut Vec<ConfigError>,
-) -> std::time::Duration {
-    let Some(v) = value else { return default };
-    match parse_duration(v) {
-        Ok(d) if range.contains(&d) => d,
-        Ok(_) => {
-            errors.push(ConfigError::new(
-                field,
-                format!(
-                    "{v:?} is out of range {:?}..={:?}",
-                    range.start(),
-                    range.end()
-                ),
-            ));
-            default
-        }
-        Err(e) => {
-            errors.push(ConfigError::new(field, e));
-            default
-        }
-    }
-}
-
 fn upstream_settings(
     path: &str,
     u: &UpstreamConfig,
@@ -793,23 +754,14 @@ fn compile_policy(
         errors.push(ConfigError::new(bad, "empty values are not allowed"));
     }
 
-    let leeway = match &p.leeway {
-        None => 0.0,
-        Some(s) => match parse_duration(s) {
-            Ok(d) if d.as_secs() <= 3600 => d.as_secs_f64(),
-            Ok(_) => {
-                errors.push(ConfigError::new(
-                    format!("{path}.leeway"),
-                    format!("{s:?} is more than 1h"),
-                ));
-                0.0
-            }
-            Err(e) => {
-                errors.push(ConfigError::new(format!("{path}.leeway"), e));
-                0.0
-            }
-        },
-    };
+    let leeway = duration_field(
+        format!("{path}.leeway"),
+        &p.leeway,
+        std::time::Duration::ZERO,
+        std::time::Duration::ZERO..=std::time::Duration::from_secs(3600),
+        errors,
+    )
+    .as_secs_f64();
 
     let mut header = |field: String, h: &str| -> Option<HeaderName> {
         match HeaderName::from_bytes(h.as_bytes()) {
