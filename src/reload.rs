@@ -18,14 +18,20 @@ pub struct Live {
     pub access_log: ArcSwapOption<AccessLog>,
 }
 
+/// Start the access log writer a policy asks for, if any.
+fn open_access_log(policy: &Policy) -> std::io::Result<Option<Arc<AccessLog>>> {
+    policy
+        .access_log
+        .as_ref()
+        .map(|(target, claims)| AccessLog::start(target.clone(), claims.clone()))
+        .transpose()
+}
+
 impl Live {
     /// Start serving `policy`: its background work, and its access log.
     pub fn new(policy: Policy) -> std::io::Result<Arc<Live>> {
         policy.start_background();
-        let log = match &policy.access_log {
-            Some((target, claims)) => Some(AccessLog::start(target.clone(), claims.clone())?),
-            None => None,
-        };
+        let log = open_access_log(&policy)?;
         Ok(Arc::new(Live {
             policy: ArcSwap::from_pointee(policy),
             access_log: ArcSwapOption::new(log),
@@ -103,22 +109,15 @@ impl Reloader {
             log::warn!("{w}");
         }
         // The access log: keep the running writer unless its target or claims changed.
-        let log_changed = new.access_log != old.access_log;
-        let new_log = if !log_changed {
-            self.live.access_log.load_full()
+        let new_log = if new.access_log != old.access_log {
+            Some(open_access_log(&new).map_err(ReloadError::AccessLog)?)
         } else {
-            match &new.access_log {
-                Some((target, claims)) => Some(
-                    AccessLog::start(target.clone(), claims.clone())
-                        .map_err(ReloadError::AccessLog)?,
-                ),
-                None => None,
-            }
+            None
         };
         new.start_background();
         self.live.policy.store(Arc::new(new));
-        if log_changed {
-            self.live.access_log.store(new_log);
+        if let Some(log) = new_log {
+            self.live.access_log.store(log);
         }
         Ok(())
     }

@@ -174,86 +174,12 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let policy = self.live.policy.load_full();
+        ctx.policy = Some(policy.clone());
         ctx.access_log = self.live.access_log.load_full();
-        let req = session.req_header();
-        let decision = if has_dot_segments(req.uri.path()) {
-            Err(Reject::BadRequest(
-                "dot segments are not allowed in the path",
-            ))
-        } else {
-            policy
-                .routes
-                .find(request_host(req), req.uri.path(), &req.method)
-                .cloned()
-        };
-        let route = match decision {
-            Ok(r) => r,
-            Err(reject) => {
-                ctx.policy = Some(policy);
-                return respond(session, &reject).await;
-            }
-        };
-        // Limits keyed on the client: before any verification work.
-        for limiter in &route.pre_auth_limits {
-            let key = match &limiter.key {
-                LimitKey::Header(h) => limit_key_header(session.req_header(), h),
-                _ => ip_key(session),
-            };
-            if let Err(reject) = admit(limiter, &key) {
-                ctx.policy = Some(policy);
-                ctx.route = Some(route);
-                return respond(session, &reject).await;
-            }
+        match self.admit_request(session, ctx, &policy).await {
+            Ok(()) => Ok(false),
+            Err(reject) => respond(session, &reject).await,
         }
-        if !route.auth.is_empty() {
-            let (which, checked) = auth::check_refetching(
-                &route.auth,
-                session.req_header(),
-                policy.revocation.as_deref(),
-            )
-            .await;
-            let result = match &checked {
-                Ok(_) => "ok",
-                Err(r) => r.auth_result(),
-            };
-            ctx.auth_result = Some(result);
-            route.auth[which].metrics.count(result);
-            if let (Ok(passed), Some(log)) = (&checked, &ctx.access_log) {
-                let t = &passed.token;
-                ctx.jwt = Some((auth::verify::alg_name(t.alg), t.kid.clone()));
-                for c in &log.claims {
-                    if let Some(v) = t.claims.get(c) {
-                        ctx.log_claims.insert(c.clone(), v.clone());
-                    }
-                }
-            }
-            // Limits keyed on a claim: only for verified tokens, so junk never spends a
-            // client's budget.
-            let checked = checked.and_then(|passed| {
-                for limiter in &route.post_auth_limits {
-                    if let LimitKey::Claim(c) = &limiter.key {
-                        admit(limiter, &claim_key(&passed.token.claims, c))?;
-                    }
-                }
-                Ok(passed)
-            });
-            match checked {
-                Ok(passed) => {
-                    if let Some(HashKey::Claim(c)) = &route.upstream.hash_key {
-                        ctx.hash_key = claim_key(&passed.token.claims, c);
-                    }
-                    ctx.token = Some(passed.token);
-                }
-                Err(reject) => {
-                    ctx.policy = Some(policy);
-                    ctx.route = Some(route);
-                    return respond(session, &reject).await;
-                }
-            }
-        }
-        ctx.policy = Some(policy);
-        ctx.route = Some(route);
-        Ok(false)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -391,6 +317,68 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Route, client limits, token, claim limits: everything that decides whether a request goes
+    /// upstream. Fills `ctx` (route, token, log fields) as it goes.
+    async fn admit_request(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+    ) -> std::result::Result<(), Reject> {
+        let req = session.req_header();
+        if has_dot_segments(req.uri.path()) {
+            return Err(Reject::BadRequest(
+                "dot segments are not allowed in the path",
+            ));
+        }
+        let route = policy
+            .routes
+            .find(request_host(req), req.uri.path(), &req.method)?
+            .clone();
+        ctx.route = Some(route.clone());
+        // Limits keyed on the client: before any verification work.
+        for limiter in &route.pre_auth_limits {
+            let key = match &limiter.key {
+                LimitKey::Header(h) => limit_key_header(req, h),
+                _ => ip_key(session),
+            };
+            admit(limiter, &key)?;
+        }
+        if route.auth.is_empty() {
+            return Ok(());
+        }
+        let (which, checked) =
+            auth::check_refetching(&route.auth, req, policy.revocation.as_deref()).await;
+        let result = match &checked {
+            Ok(_) => "ok",
+            Err(r) => r.auth_result(),
+        };
+        ctx.auth_result = Some(result);
+        route.auth[which].metrics.count(result);
+        let passed = checked?;
+        let token = &passed.token;
+        if let Some(log) = &ctx.access_log {
+            ctx.jwt = Some((auth::verify::alg_name(token.alg), token.kid.clone()));
+            for c in &log.claims {
+                if let Some(v) = token.claims.get(c) {
+                    ctx.log_claims.insert(c.clone(), v.clone());
+                }
+            }
+        }
+        // Limits keyed on a claim: only for verified tokens, so junk never spends a client's
+        // budget.
+        for limiter in &route.post_auth_limits {
+            if let LimitKey::Claim(c) = &limiter.key {
+                admit(limiter, &claim_key(&token.claims, c))?;
+            }
+        }
+        if let Some(HashKey::Claim(c)) = &route.upstream.hash_key {
+            ctx.hash_key = claim_key(&token.claims, c);
+        }
+        ctx.token = Some(passed.token);
+        Ok(())
+    }
+
     fn log_request(&self, session: &Session, ctx: &Ctx, status: u16) {
         let Some(log) = &ctx.access_log else { return };
         let req = session.req_header();
