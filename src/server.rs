@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// A ready-to-run server.
 pub struct Built {
     pub server: Server,
-    pub live: Arc<Live>,
+    /// Holds the live policy; SIGHUP goes through it.
     pub reloader: Arc<Reloader>,
     pub pid_file: Option<PathBuf>,
     pub shutdown_timeout: Duration,
@@ -71,7 +71,6 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
     let reloader = Arc::new(Reloader::new(file, live.clone()));
     Ok(Built {
         server,
-        live,
         reloader,
         pid_file,
         shutdown_timeout,

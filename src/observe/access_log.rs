@@ -58,13 +58,11 @@ pub struct AccessLog {
     tx: SyncSender<Vec<u8>>,
     /// Claims allowed into log lines.
     pub claims: Vec<String>,
-    pub target: Target,
 }
 
 impl std::fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessLog")
-            .field("target", &self.target)
             .field("claims", &self.claims)
             .finish_non_exhaustive()
     }
@@ -113,11 +111,10 @@ impl AccessLog {
         let sink = Sink::open(&target)?;
         let (tx, rx) = sync_channel(QUEUE);
         let reopen = reopen_flag().clone();
-        let t = target.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(rx, sink, t, reopen))?;
-        Ok(Arc::new(AccessLog { tx, claims, target }))
+            .spawn(move || writer(rx, sink, target, reopen))?;
+        Ok(Arc::new(AccessLog { tx, claims }))
     }
 
     /// Queue one line; never blocks.
