@@ -154,6 +154,12 @@ async fn respond(session: &mut Session, reject: &Reject) -> Result<bool> {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// No downstream modules. Pingora's default adds a response-compression module (disabled,
+    /// level 0) that still costs about nine heap allocations per request; portcullis never
+    /// compresses, so it is left out (measured: 69 → 60 allocations per proxied request, +3.9%
+    /// requests/s on one core).
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         Ctx {
