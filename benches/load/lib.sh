@@ -3,7 +3,7 @@
 # Source it; it sets ROOT, BIN, WORK, PIDS.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BIN="$ROOT/target/release/portcullis"
+BIN=${BIN:-"$ROOT/target/release/portcullis"} # BIN=... to measure another build
 
 need() { # need TOOL...: fail unless every tool is installed
     for tool in "$@"; do

@@ -2,18 +2,24 @@
 # Side-by-side load benchmark on one machine: portcullis (auth off, HS256, RS256, ES256, with and
 # without the verified-token cache), nginx as a plain reverse proxy (the ceiling), and HAProxy 2.6
 # with jwt_verify (the peer that verifies JWTs natively). Same token, same loopback nginx
-# upstream, keep-alive everywhere, wrk -t1 -c64. The proxy under test is pinned to core 0 with one
-# worker thread; wrk and the upstream share core 1.
+# upstream, keep-alive everywhere, wrk -t1 -c64. The proxies are pinned to core 0 with one worker
+# thread each (only the one under test is busy); wrk and the upstream share core 1.
 #
 # Needs: a release build (cargo build --release), and Debian's nginx, haproxy and wrk
 # (apt-get install nginx haproxy wrk). It installs nothing and stops everything it started.
 #
-# Usage: benches/load/run.sh            (DURATION=10s CONNECTIONS=64 by default)
+# It measures every row ROUNDS times, each portcullis row right after the peer row it is compared
+# with, and reports each row's median round (requests/s and that round's latencies) and, for each
+# ratio, the median of the per-round ratios: on a shared machine one 10 s row can be off by 10%,
+# and two rows minutes apart by more.
+#
+# Usage: benches/load/run.sh            (DURATION=10s CONNECTIONS=64 ROUNDS=3 by default)
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
 KEYS="$ROOT/tests/keys"
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
@@ -84,9 +90,29 @@ http {
 }
 EOF
 
-# --- HAProxy: plain, and jwt_verify per algorithm (alg pinned, exp checked) --------------------
-HA=$(port)
-haproxy_conf() { # haproxy_conf ALG KEY  (ALG "none" = no verification)
+# --- HAProxy: one process, a frontend per row: plain, and jwt_verify per algorithm (alg pinned,
+# exp checked) ---------------------------------------------------------------------------------
+HA_PLAIN=$(port); HA_HS=$(port); HA_RS=$(port); HA_ES=$(port)
+haproxy_frontend() { # haproxy_frontend NAME PORT ALG KEY  (ALG "none" = no verification)
+    cat <<EOF
+frontend $1
+    bind 127.0.0.1:$2
+EOF
+    if [ "$3" != none ]; then
+        cat <<EOF
+    http-request deny deny_status 401 unless { req.hdr(authorization) -m found }
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny deny_status 401 unless { var(txn.alg) -m str $3 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$4") -m int 1 }
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+EOF
+    fi
+    echo "    default_backend be"
+}
+{
     cat <<EOF
 global
     nbthread 1
@@ -97,28 +123,15 @@ defaults
     timeout client 60s
     timeout server 60s
     option http-keep-alive
-frontend fe
-    bind 127.0.0.1:$HA
-EOF
-    if [ "$1" != none ]; then
-        cat <<EOF
-    http-request deny deny_status 401 unless { req.hdr(authorization) -m found }
-    http-request set-var(txn.bearer) http_auth_bearer
-    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
-    http-request deny deny_status 401 unless { var(txn.alg) -m str $1 }
-    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$2") -m int 1 }
-    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
-    http-request set-var(txn.now) date()
-    http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
-EOF
-    fi
-    cat <<EOF
-    default_backend be
 backend be
     http-reuse always
     server s1 127.0.0.1:$UP
 EOF
-}
+    haproxy_frontend plain "$HA_PLAIN" none -
+    haproxy_frontend hs "$HA_HS" HS256 "$SECRET"
+    haproxy_frontend rs "$HA_RS" RS256 "$KEYS/rsa_public.pem"
+    haproxy_frontend es "$HA_ES" ES256 "$KEYS/ec_public.pem"
+} >"$WORK/haproxy.cfg"
 
 # --- measuring ----------------------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
@@ -153,60 +166,75 @@ measure() { # measure NAME URL [TOKEN]
     max=$(to_ms "$(awk '$1=="Latency" {print $4; exit}' <<<"$out")")
     non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
     [ -z "$non2xx" ] || { echo "$name: $non2xx non-2xx responses under load" >&2; exit 1; }
-    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "$max" >>"$RESULTS"
-    printf '%-26s %9s req/s  p50 %6s ms  p99 %6s ms  max %7s ms\n' "$name" "$rps" "$p50" "$p99" "$max" >&2
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rps" "$p50" "$p99" "$max" >>"$RESULTS"
+    printf 'round %s  %-26s %9s req/s  p50 %6s ms  p99 %6s ms  max %7s ms\n' "$round" "$name" "$rps" "$p50" "$p99" "$max" >&2
 }
 
-echo "warming up and measuring ($DURATION per row, $CONNECTIONS connections)..." >&2
+echo "warming up and measuring ($ROUNDS rounds, $DURATION per row, $CONNECTIONS connections)..." >&2
+# All three proxies run side by side on the proxy core for the whole script (an idle one waits in
+# epoll and costs nothing); each round measures every row, each portcullis row next to the peer
+# row it is compared with, so a ratio compares two measurements seconds apart.
 start "$PROXY_CORE" "$WORK/portcullis.log" "$BIN" run -c "$WORK/portcullis.yaml"
-wait_port "$GW"
-G="http://127.0.0.1:$GW"
-measure "portcullis auth off" "$G/off/x"
-measure "portcullis HS256" "$G/hs/x" "$TOKEN_HS"
-measure "portcullis RS256" "$G/rs/x" "$TOKEN_RS"
-measure "portcullis ES256" "$G/es/x" "$TOKEN_ES"
-measure "portcullis HS256 no cache" "$G/hs-nocache/x" "$TOKEN_HS"
-measure "portcullis RS256 no cache" "$G/rs-nocache/x" "$TOKEN_RS"
-measure "portcullis ES256 no cache" "$G/es-nocache/x" "$TOKEN_ES"
-RSS=$(awk '/VmRSS/ {print $2}' "/proc/${PIDS[-1]}/status")
-stop_last
-
+PORTCULLIS_PID=${PIDS[-1]}
 start "$PROXY_CORE" "$WORK/nginx.log" nginx -c "$WORK/proxy.conf" -p "$WORK"
-wait_port "$NG"
-measure "nginx plain proxy" "http://127.0.0.1:$NG/x"
-stop_last
-
-for row in "none -" "HS256 $SECRET" "RS256 $KEYS/rsa_public.pem" "ES256 $KEYS/ec_public.pem"; do
-    set -- $row
-    haproxy_conf "$1" "$2" >"$WORK/haproxy.cfg"
-    start "$PROXY_CORE" "$WORK/haproxy.log" haproxy -f "$WORK/haproxy.cfg" -db
-    wait_port "$HA"
-    case $1 in
-        none) measure "haproxy plain proxy" "http://127.0.0.1:$HA/x" ;;
-        HS256) measure "haproxy jwt_verify HS256" "http://127.0.0.1:$HA/x" "$TOKEN_HS" ;;
-        RS256) measure "haproxy jwt_verify RS256" "http://127.0.0.1:$HA/x" "$TOKEN_RS" ;;
-        ES256) measure "haproxy jwt_verify ES256" "http://127.0.0.1:$HA/x" "$TOKEN_ES" ;;
-    esac
-    stop_last
+start "$PROXY_CORE" "$WORK/haproxy.log" haproxy -f "$WORK/haproxy.cfg" -db
+for p in "$GW" "$NG" "$HA_PLAIN" "$HA_HS" "$HA_RS" "$HA_ES"; do wait_port "$p"; done
+G="http://127.0.0.1:$GW"
+one_round() {
+    measure "nginx plain proxy" "http://127.0.0.1:$NG/x"
+    measure "portcullis auth off" "$G/off/x"
+    measure "haproxy plain proxy" "http://127.0.0.1:$HA_PLAIN/x"
+    measure "haproxy jwt_verify HS256" "http://127.0.0.1:$HA_HS/x" "$TOKEN_HS"
+    measure "portcullis HS256" "$G/hs/x" "$TOKEN_HS"
+    measure "portcullis HS256 no cache" "$G/hs-nocache/x" "$TOKEN_HS"
+    measure "haproxy jwt_verify RS256" "http://127.0.0.1:$HA_RS/x" "$TOKEN_RS"
+    measure "portcullis RS256" "$G/rs/x" "$TOKEN_RS"
+    measure "portcullis RS256 no cache" "$G/rs-nocache/x" "$TOKEN_RS"
+    measure "haproxy jwt_verify ES256" "http://127.0.0.1:$HA_ES/x" "$TOKEN_ES"
+    measure "portcullis ES256" "$G/es/x" "$TOKEN_ES"
+    measure "portcullis ES256 no cache" "$G/es-nocache/x" "$TOKEN_ES"
+}
+for round in $(seq "$ROUNDS"); do
+    one_round
 done
+RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PORTCULLIS_PID/status")
 
 # --- report -------------------------------------------------------------------------------------
-rps() { awk -F'\t' -v n="$1" '$1==n {print $2}' "$RESULTS"; }
-ratio() { awk -v a="$(rps "$1")" -v b="$(rps "$2")" 'BEGIN { printf "%.2f", a/b }'; }
+# Each row's median round (by requests/s), in the order the rows were first measured.
+MEDIANS="$WORK/medians.tsv"
+awk -F'\t' '!seen[$2]++ {print $2}' "$RESULTS" | while IFS= read -r name; do
+    awk -F'\t' -v n="$name" '$2==n' "$RESULTS" | sort -t"$(printf '\t')" -k3,3n |
+        awk -v r="$ROUNDS" 'NR == int((r + 1) / 2)'
+done >"$MEDIANS"
 echo
-echo "| row | requests/s | p50 ms | p99 ms | max ms |"
-echo "|---|---:|---:|---:|---:|"
-awk -F'\t' '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$RESULTS"
+echo "Median of $ROUNDS rounds per row (the round's own latencies), and every round's requests/s:"
 echo
-echo "| ratio | value |"
-echo "|---|---:|"
-echo "| portcullis auth off / nginx plain | $(ratio 'portcullis auth off' 'nginx plain proxy') |"
-echo "| portcullis HS256 / haproxy HS256 | $(ratio 'portcullis HS256' 'haproxy jwt_verify HS256') |"
-echo "| portcullis RS256 (cache) / haproxy RS256 | $(ratio 'portcullis RS256' 'haproxy jwt_verify RS256') |"
-echo "| portcullis ES256 (cache) / haproxy ES256 | $(ratio 'portcullis ES256' 'haproxy jwt_verify ES256') |"
-echo "| portcullis RS256 no cache / haproxy RS256 | $(ratio 'portcullis RS256 no cache' 'haproxy jwt_verify RS256') |"
-echo "| portcullis ES256 no cache / haproxy ES256 | $(ratio 'portcullis ES256 no cache' 'haproxy jwt_verify ES256') |"
-echo "| portcullis HS256 / portcullis auth off | $(ratio 'portcullis HS256' 'portcullis auth off') |"
-echo "| portcullis auth off / haproxy plain | $(ratio 'portcullis auth off' 'haproxy plain proxy') |"
+echo "| row | requests/s | p50 ms | p99 ms | max ms | rounds req/s |"
+echo "|---|---:|---:|---:|---:|---|"
+while IFS=$'\t' read -r _ name r p50 p99 max; do
+    all=$(awk -F'\t' -v n="$name" '$2==n {printf "%s%s", sep, $3; sep=" / "}' "$RESULTS")
+    echo "| $name | $r | $p50 | $p99 | $max | $all |"
+done <"$MEDIANS"
+# A ratio per round (both rows of that round), then the median of those.
+ratio() { # ratio LABEL ROW_A ROW_B
+    awk -F'\t' -v a="$2" -v b="$3" -v label="$1" -v r="$ROUNDS" '
+        $2==a {x[$1]=$3} $2==b {y[$1]=$3}
+        END {
+            for (i = 1; i <= r; i++) { v[i] = x[i] / y[i]; all = all sep sprintf("%.2f", v[i]); sep = " / " }
+            for (i = 1; i <= r; i++) for (j = i + 1; j <= r; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+            printf "| %s | %.2f | %s |\n", label, v[int((r + 1) / 2)], all
+        }' "$RESULTS"
+}
 echo
-echo "portcullis RSS after its rows: ${RSS} KiB"
+echo "| ratio | median | per round |"
+echo "|---|---:|---|"
+ratio "portcullis auth off / nginx plain" "portcullis auth off" "nginx plain proxy"
+ratio "portcullis HS256 / haproxy HS256" "portcullis HS256" "haproxy jwt_verify HS256"
+ratio "portcullis RS256 (cache) / haproxy RS256" "portcullis RS256" "haproxy jwt_verify RS256"
+ratio "portcullis ES256 (cache) / haproxy ES256" "portcullis ES256" "haproxy jwt_verify ES256"
+ratio "portcullis RS256 no cache / haproxy RS256" "portcullis RS256 no cache" "haproxy jwt_verify RS256"
+ratio "portcullis ES256 no cache / haproxy ES256" "portcullis ES256 no cache" "haproxy jwt_verify ES256"
+ratio "portcullis HS256 / portcullis auth off" "portcullis HS256" "portcullis auth off"
+ratio "portcullis auth off / haproxy plain" "portcullis auth off" "haproxy plain proxy"
+echo
+echo "portcullis RSS after all rounds: ${RSS} KiB"
