@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Heap allocations per proxied request, counted exactly: uprobes on mimalloc's allocation entry
 # points in the release binary, counted with `perf stat` while wrk drives one route (uprobes slow
-# the gateway down to a few thousand requests/s; the counts are exact all the same). Rows: auth off, HS256 with the verified-token cache, HS256 without.
+# the gateway down to a few thousand requests/s; the counts are exact all the same). Rows: auth
+# off, HS256 with the verified-token cache, HS256 without.
 #
 # Needs: a release build, Debian's nginx and wrk, and perf (linux-perf) with uprobes; run as
 # root. It installs nothing; it removes the probes it added and stops everything it started.
