@@ -126,7 +126,10 @@ pub async fn check_refetching(
     }
     let mut changed = false;
     for (keys, generation) in &seen {
-        changed |= keys.refetch_for_unknown_kid(*generation).await;
+        // Boxed: the fetch (connect, TLS, HTTP) is a large future, and inline it would make the
+        // future of every request's `request_filter` as large — Pingora boxes and copies that
+        // future on each request. Boxed, only this rare path pays for it.
+        changed |= Box::pin(keys.refetch_for_unknown_kid(*generation)).await;
     }
     if changed {
         check(policies, req, verify::now(), revocation)
