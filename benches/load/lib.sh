@@ -8,7 +8,7 @@ BIN=${BIN:-"$ROOT/target/release/portcullis"} # BIN=... to measure another build
 need() { # need TOOL...: fail unless every tool is installed
     for tool in "$@"; do
         command -v "$tool" >/dev/null ||
-            { echo "missing $tool (Debian: nginx haproxy wrk; linux-perf for allocs.sh)" >&2; exit 1; }
+            { echo "missing $tool (Debian: nginx haproxy wrk; linux-perf, valgrind)" >&2; exit 1; }
     done
     [ -x "$BIN" ] || { echo "missing $BIN: run cargo build --release" >&2; exit 1; }
 }
