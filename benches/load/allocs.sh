@@ -14,7 +14,6 @@ set -euo pipefail
 SHORT=${SHORT:-1s}
 LONG=${LONG:-4s}
 CONNECTIONS=${CONNECTIONS:-64}
-SECRET="benchmark-secret-benchmark-secret-0123456789"
 need nginx wrk perf taskset python3
 
 # Rust's global allocator calls into mimalloc through these three.
@@ -29,25 +28,10 @@ done
 trap 'remove_probes; cleanup' EXIT
 
 start_upstream 1
-GW=$(port)
-cat >"$WORK/portcullis.yaml" <<EOF
-server: {listen: ["127.0.0.1:$GW"], threads: 1}
-upstreams:
-  api: {peers: ["127.0.0.1:$UP"]}
-keys:
-  hs: {secret: "$SECRET"}
-auth:
-  hs:         {keys: hs, algorithms: [HS256]}
-  hs_nocache: {keys: hs, algorithms: [HS256], cache: false}
-routes:
-  - {prefix: /off/, upstream: api}
-  - {prefix: /hs/, upstream: api, auth: hs}
-  - {prefix: /hs-nocache/, upstream: api, auth: hs_nocache}
-EOF
+hs_routes_config
 start 0 "$WORK/portcullis.log" "$BIN" run -c "$WORK/portcullis.yaml"
 GW_PID=${PIDS[-1]}
 wait_port "$GW"
-TOKEN=$("$BIN" token --secret "$SECRET" --alg HS256 --sub user-1 --ttl 2h)
 
 window() { # window SECONDS PATH [TOKEN] -> "requests allocations" of one wrk run of SECONDS
     local hdr=()

@@ -17,26 +17,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 SHORT=${SHORT:-2}
 LONG=${LONG:-8}
-SECRET="benchmark-secret-benchmark-secret-0123456789"
 need nginx wrk valgrind callgrind_annotate taskset python3
 
 start_upstream 1
-GW=$(port)
-cat >"$WORK/portcullis.yaml" <<EOF
-server: {listen: ["127.0.0.1:$GW"], threads: 1}
-upstreams:
-  api: {peers: ["127.0.0.1:$UP"]}
-keys:
-  hs: {secret: "$SECRET"}
-auth:
-  hs:         {keys: hs, algorithms: [HS256]}
-  hs_nocache: {keys: hs, algorithms: [HS256], cache: false}
-routes:
-  - {prefix: /off/, upstream: api}
-  - {prefix: /hs/, upstream: api, auth: hs}
-  - {prefix: /hs-nocache/, upstream: api, auth: hs_nocache}
-EOF
-TOKEN=$("$BIN" token --secret "$SECRET" --alg HS256 --sub user-1 --ttl 2h)
+hs_routes_config
 
 run() { # run SECONDS PATH TOKEN -> "requests instructions" for one gateway run under callgrind
     local out="$WORK/callgrind.out"

@@ -68,3 +68,27 @@ CONF
     start "$1" "$WORK/upstream.log" nginx -c "$WORK/upstream.conf" -p "$WORK"
     wait_port "$UP"
 }
+
+# hs_routes_config: after start_upstream, a one-thread portcullis config in $WORK/portcullis.yaml
+# listening on a free port ($GW) with three routes to the upstream: /off/ (no auth), /hs/ (HS256
+# through the verified-token cache) and /hs-nocache/ (HS256, cache: false); $TOKEN is valid for
+# both. Used by the per-request counting scripts (allocs.sh, instructions.sh).
+hs_routes_config() {
+    local secret="benchmark-secret-benchmark-secret-0123456789"
+    GW=$(port)
+    cat >"$WORK/portcullis.yaml" <<CONF
+server: {listen: ["127.0.0.1:$GW"], threads: 1}
+upstreams:
+  api: {peers: ["127.0.0.1:$UP"]}
+keys:
+  hs: {secret: "$secret"}
+auth:
+  hs:         {keys: hs, algorithms: [HS256]}
+  hs_nocache: {keys: hs, algorithms: [HS256], cache: false}
+routes:
+  - {prefix: /off/, upstream: api}
+  - {prefix: /hs/, upstream: api, auth: hs}
+  - {prefix: /hs-nocache/, upstream: api, auth: hs_nocache}
+CONF
+    TOKEN=$("$BIN" token --secret "$secret" --alg HS256 --sub user-1 --ttl 2h)
+}
