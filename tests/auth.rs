@@ -6,8 +6,6 @@ use common::*;
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
 
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
 fn config(echo: &EchoServer) -> String {
     format!(
         r#"

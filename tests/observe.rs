@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
 struct Setup {
     echo: EchoServer,
     gw: Gateway,

@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
 /// A config whose `/v/` route goes to `peer`, with a pid file and a per-sub limit.
 fn config(port: u16, admin: u16, peer: &EchoServer, pid: &std::path::Path, burst: u32) -> String {
     format!(

@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
 fn config(echo: &EchoServer, revoked_file: &Path, limits: &str) -> String {
     format!(
         r#"

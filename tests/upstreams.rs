@@ -8,8 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
 fn peer_of(r: &Response) -> String {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()["peer"].as_str().unwrap().to_string()

@@ -18,6 +18,9 @@ pub mod idp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// The HMAC secret the test configs give their `secret:` keys (32 bytes).
+pub const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
 pub fn keys_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
 }
