@@ -47,24 +47,28 @@ stop_last() {
     unset 'PIDS[-1]'
 }
 
-start_upstream() { # start_upstream CORE: nginx on a free port, in $UP
-    UP=$(port)
-    cat >"$WORK/upstream.conf" <<CONF
+nginx_conf() { # nginx_conf NAME HTTP_BLOCK: $WORK/NAME.conf, one worker in the foreground, no logs
+    cat >"$WORK/$1.conf" <<CONF
 worker_processes 1;
 daemon off;
-pid $WORK/upstream.pid;
-error_log $WORK/upstream.err;
+pid $WORK/$1.pid;
+error_log $WORK/$1.err;
 events { worker_connections 4096; }
 http {
     access_log off;
     keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$UP;
-        location / { default_type application/json; return 200 '{"ok":true,"service":"bench"}'; }
-    }
+$2
 }
 CONF
+}
+
+start_upstream() { # start_upstream CORE: nginx on a free port, in $UP
+    UP=$(port)
+    nginx_conf upstream "    keepalive_timeout 300s;
+    server {
+        listen 127.0.0.1:$UP;
+        location / { default_type application/json; return 200 '{\"ok\":true,\"service\":\"bench\"}'; }
+    }"
     start "$1" "$WORK/upstream.log" nginx -c "$WORK/upstream.conf" -p "$WORK"
     wait_port "$UP"
 }

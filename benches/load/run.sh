@@ -73,22 +73,11 @@ EOF
 
 # --- nginx, plain reverse proxy ----------------------------------------------------------------
 NG=$(port)
-cat >"$WORK/proxy.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 10000000; }
+nginx_conf proxy "    upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 10000000; }
     server {
         listen 127.0.0.1:$NG;
-        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-}
-EOF
+        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }"
 
 # --- HAProxy: one process, a frontend per row: plain, and jwt_verify per algorithm (alg pinned,
 # exp checked) ---------------------------------------------------------------------------------
