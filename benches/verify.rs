@@ -169,6 +169,7 @@ fn bench_routes(c: &mut Criterion) {
                 auth: vec![],
                 pre_auth_limits: vec![],
                 post_auth_limits: vec![],
+                websocket: false,
                 metrics: portcullis::observe::metrics::RouteMetrics::new("bench"),
             },
         )
@@ -228,5 +229,42 @@ fn bench_access_log(c: &mut Criterion) {
     let _ = std::fs::remove_file(path);
 }
 
-criterion_group!(benches, bench_verify, bench_routes, bench_access_log);
+/// The canonical request (`edge::normalise`), run on every request before routing: a target
+/// already canonical (the common case: nothing allocated) and one that must be rewritten.
+fn bench_canonical(c: &mut Criterion) {
+    use pingora_http::RequestHeader;
+    use portcullis::edge::{normalise, EdgeRules};
+    let rules = EdgeRules::default();
+    let protected = vec![http::HeaderName::from_static("x-user")];
+    for (name, target) in [
+        (
+            "canonical",
+            &b"/api/v1/products/12345?fields=name,price"[..],
+        ),
+        (
+            "rewritten",
+            &b"//api//v1/%70roducts/12345?fields=name,price"[..],
+        ),
+    ] {
+        let mut req = RequestHeader::build("GET", target, None).unwrap();
+        req.insert_header("host", "api.example.com").unwrap();
+        req.insert_header("user-agent", "bench/1.0").unwrap();
+        req.insert_header("accept", "application/json").unwrap();
+        c.bench_function(&format!("edge::normalise {name}"), |b| {
+            b.iter_batched_ref(
+                || req.clone(),
+                |r| normalise(black_box(r), &rules, &protected).unwrap(),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_verify,
+    bench_routes,
+    bench_access_log,
+    bench_canonical
+);
 criterion_main!(benches);

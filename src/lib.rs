@@ -9,6 +9,7 @@ pub mod background;
 pub mod config;
 pub mod der;
 pub mod echo;
+pub mod edge;
 pub mod error;
 pub mod limit;
 pub mod mint;

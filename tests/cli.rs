@@ -125,7 +125,7 @@ routes:
         ("routes[1].auth", "unknown auth policy \"nopolicy\""),
         ("routes[2].prefix", "must start with /"),
         ("routes[2].methods", "\"get\""),
-        ("routes[3]", "unknown field `colour`"),
+        ("routes[3].colour", "unknown field `colour`"),
     ];
     for (path, what) in expect {
         let line = format!("{file}: {path}: ");

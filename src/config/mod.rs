@@ -136,6 +136,40 @@ pub struct ServerConfig {
     pub pid_file: Option<String>,
     /// How long SIGTERM waits for requests in flight (default 10s).
     pub shutdown_timeout: Option<String>,
+    /// `%2F` in a path: `reject` (default, 400) or `forward` (routed as `/`, sent as `%2F`).
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashesConfig,
+    /// `;` in a path: `reject` (default, 400) or `allow`.
+    #[serde(default)]
+    pub path_semicolons: PathSemicolons,
+    /// Header names with `_`: `drop` (default), `allow` or `reject` (400).
+    #[serde(default)]
+    pub headers_with_underscores: HeadersWithUnderscores,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashesConfig {
+    #[default]
+    Reject,
+    Forward,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathSemicolons {
+    #[default]
+    Reject,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersWithUnderscores {
+    Allow,
+    #[default]
+    Drop,
+    Reject,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +180,9 @@ impl Default for ServerConfig {
             admin: None,
             pid_file: None,
             shutdown_timeout: None,
+            encoded_slashes: EncodedSlashesConfig::default(),
+            path_semicolons: PathSemicolons::default(),
+            headers_with_underscores: HeadersWithUnderscores::default(),
         }
     }
 }
@@ -347,6 +384,9 @@ pub struct RouteConfig {
     pub host: Option<String>,
     pub methods: Option<Vec<String>>,
     pub rate_limit: Option<OneOrMany<String>>,
+    /// Relay `Upgrade: websocket` on this route (default false: `Upgrade` is removed).
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 /// A config file read from disk, with the folder that relative paths resolve against.
@@ -488,12 +528,22 @@ pub fn parse(text: &str) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>>
     Ok((config, errors))
 }
 
-/// Deserialize one entry, recording its error under `path`.
+/// Deserialize one entry, recording its error under `path` extended by where inside the entry
+/// it is (`server.encoded_slashes`, `upstreams.a.peers[1]`).
 fn entry<T: DeserializeOwned>(path: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
-    match serde_yaml::from_value::<T>(v) {
+    match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {
-            errors.push(ConfigError::new(path, strip_location(&e.to_string())));
+            let inner = e.path().to_string();
+            let full = match inner.as_str() {
+                "." => path.to_string(),
+                i if i.starts_with('[') => format!("{path}{i}"),
+                i => format!("{path}.{i}"),
+            };
+            errors.push(ConfigError::new(
+                full,
+                strip_location(&e.into_inner().to_string()),
+            ));
             None
         }
     }
@@ -569,7 +619,13 @@ whatever: 1
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["server", "upstreams.a", "keys.k", "routes[0]", "whatever"]
+            [
+                "server.bogus",
+                "upstreams.a.extra",
+                "keys.k.colour",
+                "routes[0].nope",
+                "whatever"
+            ]
         );
         assert!(errs[0].message.contains("bogus"), "{:?}", errs[0]);
         assert!(errs[1].message.contains("extra"), "{:?}", errs[1]);

@@ -14,6 +14,7 @@ use crate::auth::verify::alg_name;
 use crate::auth::Verifier;
 use crate::config::{duration_field, ConfigError, ConfigErrors, Loaded, PolicyConfig};
 use crate::config::{Balance, HealthKindConfig, UpstreamConfig};
+use crate::edge::{canonical_target, EdgeRules, EncodedSlashes, PathRules, Underscores};
 use crate::limit::{
     parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS,
 };
@@ -44,6 +45,8 @@ pub struct Policy {
     pub rate_limits: BTreeMap<String, Arc<RateLimiter>>,
     /// Where the access log goes and which claims it shows; `None`: no access log.
     pub access_log: Option<(Target, Vec<String>)>,
+    /// Canonical target, host and header-name rules (`server`).
+    pub edge: EdgeRules,
     /// Non-fatal remarks for the operator.
     pub warnings: Vec<String>,
 }
@@ -293,6 +296,7 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     }
 
     // routes
+    let edge = edge_rules(&cfg.server);
     let mut routes = Vec::new();
     if cfg.routes.is_empty() && !cfg.broken.iter().any(|b| b.starts_with("routes[")) {
         errors.push(ConfigError::new("routes", "at least one route is needed"));
@@ -306,6 +310,8 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
                 format!("{path}.prefix"),
                 format!("{:?} must start with /", r.prefix),
             ));
+        } else if let Err(e) = canonical_prefix(&r.prefix, edge.path) {
+            errors.push(ConfigError::new(format!("{path}.prefix"), e));
         }
         let upstream = upstreams.get(&r.upstream).cloned();
         if upstream.is_none() && !cfg.defines("upstreams", &r.upstream) {
@@ -433,6 +439,7 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
                     auth,
                     pre_auth_limits,
                     post_auth_limits,
+                    websocket: r.websocket,
                     metrics: crate::observe::metrics::RouteMetrics::new(&id),
                     id,
                 },
@@ -474,11 +481,49 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
         key_sets,
         upstreams,
         strip_headers,
+        edge,
         revocation,
         rate_limits,
         access_log,
         warnings,
     })
+}
+
+/// The edge rules of the `server` section.
+fn edge_rules(s: &crate::config::ServerConfig) -> EdgeRules {
+    use crate::config::{EncodedSlashesConfig, HeadersWithUnderscores, PathSemicolons};
+    EdgeRules {
+        path: PathRules {
+            encoded_slashes: match s.encoded_slashes {
+                EncodedSlashesConfig::Reject => EncodedSlashes::Reject,
+                EncodedSlashesConfig::Forward => EncodedSlashes::Forward,
+            },
+            allow_semicolons: s.path_semicolons == PathSemicolons::Allow,
+        },
+        underscores: match s.headers_with_underscores {
+            HeadersWithUnderscores::Allow => Underscores::Allow,
+            HeadersWithUnderscores::Drop => Underscores::Drop,
+            HeadersWithUnderscores::Reject => Underscores::Reject,
+        },
+    }
+}
+
+/// A prefix must be written the way requests are matched, or it could never match.
+fn canonical_prefix(prefix: &str, rules: PathRules) -> Result<(), String> {
+    let strict = PathRules {
+        encoded_slashes: EncodedSlashes::Reject,
+        ..rules
+    };
+    match canonical_target(prefix.as_bytes(), strict) {
+        Ok(t) if t.path_and_query == prefix => Ok(()),
+        Ok(t) => Err(format!(
+            "{prefix:?} is not in canonical form: requests are matched on {:?}, write that",
+            t.path_and_query
+        )),
+        Err(e) => Err(format!(
+            "{prefix:?} can never match: a request with it is refused ({e})"
+        )),
+    }
 }
 
 fn upstream_settings(

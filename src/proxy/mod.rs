@@ -1,11 +1,11 @@
 //! The Pingora side: `Gateway` implements `ProxyHttp`, one thin call per phase.
 
 use crate::auth;
+use crate::edge;
 use crate::error::Reject;
 use crate::limit::{clock_nanos, LimitKey, RateLimiter};
 use crate::observe::access_log::{now_rfc3339, JwtInfo, Line};
 use crate::observe::metrics::{metrics, no_route_metrics};
-use crate::policy::routes::has_dot_segments;
 use crate::policy::{Policy, Route};
 use crate::reload::Live;
 use crate::upstream::HashKey;
@@ -69,7 +69,8 @@ impl Gateway {
     }
 }
 
-/// The request's host, without port, from `Host` or the URI authority.
+/// The request's host, without port, from `Host` or the URI authority. After `edge::normalise`
+/// this is the canonical host (lower case, no trailing dot).
 pub fn request_host(req: &RequestHeader) -> Option<&str> {
     let raw = match req.headers.get(http::header::HOST) {
         Some(h) => h.to_str().ok()?,
@@ -179,11 +180,32 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Pipelined HTTP/1.1 requests are answered in order (RFC 9112 §9.3.2), one after the
+        // other, as nginx does; Pingora's default closes the connection after the first.
+        session.set_pipelining_enabled(true);
         let policy = self.live.policy.load_full();
         ctx.policy = Some(policy.clone());
         ctx.access_log = self.live.access_log.load_full();
-        match self.admit_request(session, ctx, &policy).await {
-            Ok(()) => Ok(false),
+        // The canonical target and host first: everything after decides on them, and the
+        // upstream is sent them.
+        let admitted = match edge::normalise(
+            session.req_header_mut(),
+            &policy.edge,
+            &policy.strip_headers,
+        ) {
+            Ok(n) => {
+                self.admit_request(session, ctx, &policy, n.match_path.as_deref())
+                    .await
+            }
+            Err(reject) => Err(reject),
+        };
+        match admitted {
+            Ok(()) => {
+                if let Some(route) = &ctx.route {
+                    edge::strip_upgrade(session.req_header_mut(), route.websocket);
+                }
+                Ok(false)
+            }
             Err(reject) => respond(session, &reject).await,
         }
     }
@@ -318,28 +340,33 @@ impl ProxyHttp for Gateway {
                 upstream_request.insert_header(h.clone(), v.clone())?;
             }
         }
+        // HTTP/1.0 may come without a Host (and is routed without one); the upstream is spoken
+        // to in HTTP/1.1, which needs one: the peer's address, as nginx's `$proxy_host`.
+        if !upstream_request.headers.contains_key(http::header::HOST) {
+            if let Some(peer) = ctx.peer {
+                upstream_request.insert_header(http::header::HOST, peer.to_string())?;
+            }
+        }
         Ok(())
     }
 }
 
 impl Gateway {
     /// Route, client limits, token, claim limits: everything that decides whether a request goes
-    /// upstream. Fills `ctx` (route, token, log fields) as it goes.
+    /// upstream, on the request `edge::normalise` made canonical (`match_path`: the path to
+    /// route on when it is not the forwarded one). Fills `ctx` (route, token, log fields).
     async fn admit_request(
         &self,
         session: &Session,
         ctx: &mut Ctx,
         policy: &Policy,
+        match_path: Option<&str>,
     ) -> std::result::Result<(), Reject> {
         let req = session.req_header();
-        if has_dot_segments(req.uri.path()) {
-            return Err(Reject::BadRequest(
-                "dot segments are not allowed in the path",
-            ));
-        }
+        let path = match_path.unwrap_or(req.uri.path());
         let route = policy
             .routes
-            .find(request_host(req), req.uri.path(), &req.method)?
+            .find(request_host(req), path, &req.method)?
             .clone();
         ctx.route = Some(route.clone());
         // Limits keyed on the client: before any verification work.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub use portcullis::echo::EchoServer;
 
 pub mod idp;
+pub mod nginx;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
