@@ -4,7 +4,7 @@
 use criterion::{black_box, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
-use portcullis::auth::keys::secret_key;
+use portcullis::auth::jwk::secret_key;
 use portcullis::auth::Verifier;
 use portcullis::limit::{clock_nanos, LimitKey, RateLimiter, DEFAULT_MAX_KEYS};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
-use portcullis::auth::keys::{parse_public_pem, secret_key, Key};
+use portcullis::auth::jwk::{parse_public_pem, secret_key, Key};
 use portcullis::auth::Verifier;
 use portcullis::policy::{HostMatch, Route, RouteTable};
 use portcullis::upstream::Pool;

@@ -177,7 +177,7 @@ fn reload(config: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(pid_file) = policy.pid_file else {
+    let Some(pid_file) = policy.server.pid_file else {
         eprintln!(
             "{}: server.pid_file is not set, so the running process cannot be found; send it SIGHUP yourself",
             config.display()
@@ -210,7 +210,7 @@ fn serve(policy: portcullis::policy::Policy, config: &std::path::Path) -> ExitCo
     for w in &policy.warnings {
         log::warn!("{w}");
     }
-    let listen: Vec<String> = policy.listen.iter().map(|a| a.to_string()).collect();
+    let listen: Vec<String> = policy.server.listen.iter().map(|a| a.to_string()).collect();
     log::info!(
         "portcullis {} listening on {} ({} routes)",
         env!("CARGO_PKG_VERSION"),
@@ -252,7 +252,7 @@ fn demo(config: &std::path::Path) -> ExitCode {
     }
     std::mem::forget(echoes);
 
-    let gw = policy.listen[0];
+    let gw = policy.server.listen[0];
     let base = if gw.ip().is_unspecified() {
         format!("http://127.0.0.1:{}", gw.port())
     } else {

@@ -1,6 +1,6 @@
 //! `portcullis token`: mint a signed test token.
 
-use crate::auth::keys::{decode_base64_lenient, pem_block};
+use crate::auth::jwk::{decode_base64_lenient, pem_block};
 use crate::der;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn private_jwks_sign_like_their_pem_twins() {
-        use crate::auth::keys::parse_public_pem;
+        use crate::auth::jwk::parse_public_pem;
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
         for (kid, public, alg) in [
             ("rsa1", "rsa_public.pem", Algorithm::RS256),

@@ -91,19 +91,19 @@ impl Reloader {
         let old = self.live.policy.load_full();
         let loaded = config::load(&self.file).map_err(ReloadError::Config)?;
         let mut new = policy::compile_with(&loaded, Some(&old)).map_err(ReloadError::Config)?;
-        if new.listen != old.listen {
+        if new.server.listen != old.server.listen {
             log::warn!(
                 "server.listen changed: restart to apply; still listening on the old addresses"
             );
-            new.listen = old.listen.clone();
+            new.server.listen = old.server.listen.clone();
         }
-        if new.admin != old.admin {
+        if new.server.admin != old.server.admin {
             log::warn!("server.admin changed: restart to apply");
-            new.admin = old.admin;
+            new.server.admin = old.server.admin;
         }
-        if new.threads != old.threads {
+        if new.server.threads != old.server.threads {
             log::warn!("server.threads changed: restart to apply");
-            new.threads = old.threads;
+            new.server.threads = old.server.threads;
         }
         for w in &new.warnings {
             log::warn!("{w}");

@@ -270,7 +270,7 @@ fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let t = hs256(&pem, &claims);
     assert_invalid(&s, &s.gw.bearer("/rs/x", &t), "algorithm not allowed");
     // The DER body, and the modulus alone, as the secret.
-    let (_, der) = portcullis::auth::keys::pem_block(&pem).unwrap();
+    let (_, der) = portcullis::auth::jwk::pem_block(&pem).unwrap();
     let t = hs256(&der, &claims);
     assert_invalid(&s, &s.gw.bearer("/rs/x", &t), "algorithm not allowed");
     let jwks: Value = serde_json::from_slice(&read_key("jwks.json")).unwrap();

@@ -349,3 +349,55 @@ fn demo_prints_working_curl_lines() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The whole of `check`'s output for a config with an error in every section, pinned line by
+/// line: moving compile code between modules must not change a message or the order.
+#[test]
+fn check_output_for_many_errors_is_pinned() {
+    let p = write_conf(
+        r#"
+server: {listen: ["nonsense", "127.0.0.1:9"], threads: 2000, admin: "127.0.0.1:9", shutdown_timeout: 2h}
+upstreams:
+  api: {peers: ["127.0.0.1:2"]}
+  empty: {peers: []}
+  heavy: {peers: [{addr: "127.0.0.1:3", weight: 0}, "127.0.0.1:4", "127.0.0.1:4"], balance: consistent_hash, connect_timeout: 1y}
+  sticky: {peers: ["127.0.0.1:5"], balance: consistent_hash, hash_key: "claim:sub"}
+keys:
+  missing: {pem_file: does-not-exist.pem}
+  two: {secret: a, secret_env: B}
+  unused: {secret: "0123456789abcdef0123456789abcdef"}
+  remote: {jwks_url: "http://idp.example.com/jwks"}
+auth:
+  p:
+    keys: [missing, nokeys]
+    algorithms: [RS256, none, XY999]
+    leeway: 5 minutes
+    forward_claims: {Host: sub}
+  q: {keys: unused, algorithms: [RS256]}
+revocation: {file: no/such/dir/revoked.yaml}
+access_log: {path: no/such/dir/access.log, claims: [""]}
+rate_limits:
+  r1: {key: "claim:", rate: 10/fortnight, burst: 0, max_keys: 1}
+  r2: {key: "claim:sub", rate: 10/s, burst: 5}
+routes:
+  - {prefix: /a/, upstream: apx, auth: p, rate_limit: [r2, nolimit]}
+  - {prefix: nope, upstream: api, methods: [get, ""], host: "bad host"}
+  - {prefix: /c/, upstream: sticky, rate_limit: r2}
+  - {prefix: /d/, upstream: api, auth: []}
+  - {prefix: /e/, upstream: api}
+  - {prefix: /e/, upstream: api}
+  - {prefix: /f/, upstream: api, colour: blue}
+"#,
+    );
+    let (ok, _, err) = check(&p);
+    assert!(!ok);
+    let dir = p.parent().unwrap().display().to_string();
+    let got = err.replace(&dir, "DIR");
+    let want = include_str!("check_many_errors.txt");
+    let (got_lines, want_lines): (Vec<&str>, Vec<&str>) =
+        (got.lines().collect(), want.lines().collect());
+    for (i, (g, w)) in got_lines.iter().zip(&want_lines).enumerate() {
+        assert_eq!(g, w, "line {} differs; whole output:\n{got}", i + 1);
+    }
+    assert_eq!(got_lines.len(), want_lines.len(), "whole output:\n{got}");
+}

@@ -2,6 +2,8 @@
 
 pub mod cache;
 pub mod claims;
+pub mod compile;
+pub mod jwk;
 pub mod keys;
 pub mod remote;
 pub mod rules;

@@ -5,7 +5,7 @@
 //! only for a token whose `kid` is unknown: one fetch, shared by every request waiting on it, at
 //! most once per key set per 10 s. A failed fetch keeps the last good keys (stale on error).
 
-use super::keys::{parse_jwks_lenient, Key};
+use super::jwk::{parse_jwks_lenient, Key};
 use crate::observe::metrics;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;

@@ -7,7 +7,7 @@
 
 use super::cache::{TokenCache, VerifiedToken};
 use super::claims::Claims;
-use super::keys::Key;
+use super::jwk::Key;
 use super::token::TokenSource;
 use crate::error::AuthError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -304,7 +304,7 @@ pub fn alg_name(a: Algorithm) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::keys::{parse_public_pem, secret_key};
+    use crate::auth::jwk::{parse_public_pem, secret_key};
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
 

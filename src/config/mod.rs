@@ -4,8 +4,10 @@
 //! errors of the others: `check` reports every problem in one run, each with its YAML path.
 //! These structs are only the file format; `policy::compile` turns them into the runtime model.
 
+mod ctx;
 mod duration;
 
+pub use ctx::Ctx;
 pub use duration::{duration_field, parse_duration};
 
 use serde::de::DeserializeOwned;

@@ -35,6 +35,43 @@ pub struct EdgeRules {
     pub underscores: Underscores,
 }
 
+/// The edge fields of the `server` section.
+pub fn compile(s: &crate::config::ServerConfig) -> EdgeRules {
+    use crate::config::{EncodedSlashesConfig, HeadersWithUnderscores, PathSemicolons};
+    EdgeRules {
+        path: PathRules {
+            encoded_slashes: match s.encoded_slashes {
+                EncodedSlashesConfig::Reject => EncodedSlashes::Reject,
+                EncodedSlashesConfig::Forward => EncodedSlashes::Forward,
+            },
+            allow_semicolons: s.path_semicolons == PathSemicolons::Allow,
+        },
+        underscores: match s.headers_with_underscores {
+            HeadersWithUnderscores::Allow => Underscores::Allow,
+            HeadersWithUnderscores::Drop => Underscores::Drop,
+            HeadersWithUnderscores::Reject => Underscores::Reject,
+        },
+    }
+}
+
+/// A route prefix must be written the way requests are matched, or it could never match.
+pub fn canonical_prefix(prefix: &str, rules: PathRules) -> Result<(), String> {
+    let strict = PathRules {
+        encoded_slashes: EncodedSlashes::Reject,
+        ..rules
+    };
+    match canonical_target(prefix.as_bytes(), strict) {
+        Ok(t) if t.path_and_query == prefix => Ok(()),
+        Ok(t) => Err(format!(
+            "{prefix:?} is not in canonical form: requests are matched on {:?}, write that",
+            t.path_and_query
+        )),
+        Err(e) => Err(format!(
+            "{prefix:?} can never match: a request with it is refused ({e})"
+        )),
+    }
+}
+
 /// What `normalise` learned that the request header no longer shows.
 #[derive(Debug, Default)]
 pub struct Normalised {

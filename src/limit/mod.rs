@@ -6,6 +6,7 @@
 //! is dropped: it is the one closest to "no bucket", and the drained buckets — the clients that
 //! are actually being limited — keep their state, so a flood of new keys cannot reset them.
 
+pub mod compile;
 pub mod revocation;
 
 pub use revocation::{Revocation, RevocationSet};

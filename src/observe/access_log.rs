@@ -26,6 +26,33 @@ pub enum Target {
     File(PathBuf),
 }
 
+/// The `access_log` section: where lines go and which claims they show.
+pub fn compile(
+    a: Option<&crate::config::AccessLogConfig>,
+    ctx: &crate::config::Ctx,
+) -> Option<(Target, Vec<String>)> {
+    let a = a?;
+    let target = if a.path == "-" {
+        Target::Stdout
+    } else {
+        let p = ctx.resolve(&a.path);
+        let dir = p.parent().map(|d| d.to_path_buf()).unwrap_or_default();
+        if a.path.is_empty() || p.is_dir() || !(dir.as_os_str().is_empty() || dir.is_dir()) {
+            ctx.error(
+                "access_log.path",
+                format!("{p:?} is not a file in an existing folder"),
+            );
+            return None;
+        }
+        Target::File(p)
+    };
+    if a.claims.iter().any(|c| c.is_empty()) {
+        ctx.error("access_log.claims", "empty claim name");
+        return None;
+    }
+    Some((target, a.claims.clone()))
+}
+
 /// One request, as logged.
 #[derive(Serialize)]
 pub struct Line<'a> {

@@ -48,7 +48,7 @@ impl Admin {
     /// Why the gateway is not ready, if it is not.
     async fn not_ready(&self) -> Option<String> {
         let policy = self.live.policy.load_full();
-        for addr in &policy.listen {
+        for addr in &policy.server.listen {
             if !accepting(*addr).await {
                 return Some(format!("listener {addr} is not accepting connections"));
             }

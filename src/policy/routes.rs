@@ -2,10 +2,14 @@
 //! prefix between routes, and never make a request fall through to a shorter prefix.
 
 use crate::auth::Verifier;
+use crate::config::{Ctx, RouteConfig};
+use crate::edge::{canonical_prefix, PathRules};
 use crate::error::Reject;
-use crate::limit::RateLimiter;
-use crate::upstream::Pool;
+use crate::limit::{LimitKey, RateLimiter};
+use crate::upstream::{HashKey, Pool};
 use http::Method;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// How a route matches the request's host.
@@ -171,6 +175,212 @@ impl RouteTable {
         }
         Err(Reject::NotFound)
     }
+}
+
+/// What routes refer to, compiled by the sections before them.
+pub struct Targets<'a> {
+    pub upstreams: &'a BTreeMap<String, Arc<Pool>>,
+    pub verifiers: &'a BTreeMap<String, Arc<Verifier>>,
+    pub rate_limits: &'a BTreeMap<String, Arc<RateLimiter>>,
+    pub path_rules: PathRules,
+}
+
+/// The `routes` section: each route resolved against the other sections, then the table.
+/// A route with any error (its own, or a policy or limit it names that failed) is never built.
+pub fn compile(routes: &[RouteConfig], t: &Targets<'_>, ctx: &Ctx) -> RouteTable {
+    let cfg = ctx.config();
+    if routes.is_empty() && !cfg.broken.iter().any(|b| b.starts_with("routes[")) {
+        ctx.error("routes", "at least one route is needed");
+    }
+    let built: Vec<(usize, Route)> = routes
+        .iter()
+        .filter_map(|r| compile_route(r, t, ctx).map(|route| (r.index, route)))
+        .collect();
+    match RouteTable::new(built) {
+        Ok(table) => table,
+        Err(es) => {
+            for (i, e) in es {
+                ctx.error(format!("routes[{i}]"), e);
+            }
+            RouteTable::default()
+        }
+    }
+}
+
+fn compile_route(r: &RouteConfig, t: &Targets<'_>, ctx: &Ctx) -> Option<Route> {
+    let path = format!("routes[{}]", r.index);
+    let before = ctx.error_count();
+    if !r.prefix.starts_with('/') {
+        ctx.error(
+            format!("{path}.prefix"),
+            format!("{:?} must start with /", r.prefix),
+        );
+    } else if let Err(e) = canonical_prefix(&r.prefix, t.path_rules) {
+        ctx.error(format!("{path}.prefix"), e);
+    }
+    let upstream = t.upstreams.get(&r.upstream).cloned();
+    if upstream.is_none() && !ctx.config().defines("upstreams", &r.upstream) {
+        ctx.error(
+            format!("{path}.upstream"),
+            format!(
+                "unknown upstream {:?} (defined: {})",
+                r.upstream,
+                ctx.defined("upstreams")
+            ),
+        );
+    }
+    let policy_names = r.auth.as_ref().map(|a| a.to_vec()).unwrap_or_default();
+    let auth = auth_of(&path, r, &policy_names, t, ctx);
+    let host = match &r.host {
+        None => HostMatch::Any,
+        Some(h) => HostMatch::parse(h).unwrap_or_else(|e| {
+            ctx.error(format!("{path}.host"), e);
+            HostMatch::Any
+        }),
+    };
+    let methods = r.methods.as_ref().map(|ms| methods_of(&path, ms, ctx));
+    let limit_names = r
+        .rate_limit
+        .as_ref()
+        .map(|l| l.to_vec())
+        .unwrap_or_default();
+    let (pre_auth_limits, post_auth_limits) =
+        limits_of(&path, &limit_names, policy_names.is_empty(), t, ctx);
+    if let (Some(u), true) = (&upstream, policy_names.is_empty()) {
+        if matches!(u.hash_key, Some(HashKey::Claim(_))) {
+            ctx.error(
+                format!("{path}.upstream"),
+                format!(
+                    "upstream {:?} hashes on a claim, but this route has no auth",
+                    r.upstream
+                ),
+            );
+        }
+    }
+    // A route whose policy or limit failed is never built: fail closed.
+    let complete = auth.len() == policy_names.len()
+        && pre_auth_limits.len() + post_auth_limits.len() == limit_names.len();
+    if ctx.error_count() != before || !complete {
+        return None;
+    }
+    let id = route_id(&host, &r.prefix, methods.as_deref());
+    Some(Route {
+        prefix: r.prefix.clone(),
+        host,
+        methods,
+        upstream: upstream?,
+        auth,
+        pre_auth_limits,
+        post_auth_limits,
+        websocket: r.websocket,
+        metrics: crate::observe::metrics::RouteMetrics::new(&id),
+        id,
+    })
+}
+
+fn auth_of(
+    path: &str,
+    r: &RouteConfig,
+    policy_names: &[String],
+    t: &Targets<'_>,
+    ctx: &Ctx,
+) -> Vec<Arc<Verifier>> {
+    if r.auth.is_some() && policy_names.is_empty() {
+        ctx.error(
+            format!("{path}.auth"),
+            "an empty list; leave `auth` out for a public route",
+        );
+    }
+    let mut auth = Vec::new();
+    for p in policy_names {
+        match t.verifiers.get(p) {
+            Some(v) => auth.push(v.clone()),
+            None if ctx.config().defines("auth", p) => {} // its own errors are reported
+            None => ctx.error(
+                format!("{path}.auth"),
+                format!(
+                    "unknown auth policy {p:?} (defined: {})",
+                    ctx.defined("auth")
+                ),
+            ),
+        }
+    }
+    auth
+}
+
+fn methods_of(path: &str, ms: &[String], ctx: &Ctx) -> Vec<Method> {
+    let mut out = Vec::new();
+    for m in ms {
+        let ok = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase());
+        match Method::from_bytes(m.as_bytes()) {
+            Ok(method) if ok => out.push(method),
+            _ => ctx.error(
+                format!("{path}.methods"),
+                format!("invalid method {m:?} (upper case, like GET)"),
+            ),
+        }
+    }
+    if ms.is_empty() {
+        ctx.error(
+            format!("{path}.methods"),
+            "an empty list; leave `methods` out to allow every method",
+        );
+    }
+    out
+}
+
+/// `(limits checked before the token, limits keyed on a claim)`.
+#[allow(clippy::type_complexity)]
+fn limits_of(
+    path: &str,
+    names: &[String],
+    public: bool,
+    t: &Targets<'_>,
+    ctx: &Ctx,
+) -> (Vec<Arc<RateLimiter>>, Vec<Arc<RateLimiter>>) {
+    let mut pre = Vec::new();
+    let mut post = Vec::new();
+    for l in names {
+        match t.rate_limits.get(l) {
+            Some(limiter) if matches!(limiter.key, LimitKey::Claim(_)) => {
+                if public {
+                    ctx.error(
+                        format!("{path}.rate_limit"),
+                        format!("{l:?} is keyed on a claim, but this route has no auth"),
+                    );
+                }
+                post.push(limiter.clone());
+            }
+            Some(limiter) => pre.push(limiter.clone()),
+            None if ctx.config().defines("rate_limits", l) => {}
+            None => ctx.error(
+                format!("{path}.rate_limit"),
+                format!(
+                    "unknown rate limit {l:?} (defined: {})",
+                    ctx.defined("rate_limits")
+                ),
+            ),
+        }
+    }
+    (pre, post)
+}
+
+/// Stable label for logs and metrics: host + prefix (+ methods).
+fn route_id(host: &HostMatch, prefix: &str, methods: Option<&[Method]>) -> String {
+    let mut id = String::new();
+    match host {
+        HostMatch::Any => {}
+        HostMatch::Exact(h) => id.push_str(h),
+        HostMatch::Suffix(s) => {
+            let _ = write!(id, "*{s}");
+        }
+    }
+    id.push_str(prefix);
+    if let Some(ms) = methods {
+        let list: Vec<&str> = ms.iter().map(Method::as_str).collect();
+        let _ = write!(id, " [{}]", list.join(","));
+    }
+    id
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Upstream pools: a set of peers, how one is picked for a request, and their health.
 
+pub mod compile;
 pub mod health;
 
 pub use health::{HealthCheck, HealthKind};

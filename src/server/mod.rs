@@ -1,6 +1,10 @@
 //! Build and run the Pingora server for a compiled policy: the proxy service, the admin service,
 //! SIGHUP reloads, and a graceful stop that ends as soon as requests in flight are done.
 
+pub mod settings;
+
+pub use settings::Settings;
+
 use crate::observe::Admin;
 use crate::policy::Policy;
 use crate::proxy::{in_flight, Gateway};
@@ -26,9 +30,9 @@ pub struct Built {
 /// Build (but do not start) the server for the policy compiled from `file`. Listening sockets are
 /// bound when it runs; the access log file is opened now, so a bad path fails here.
 pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
-    let shutdown_timeout = policy.shutdown_timeout;
+    let shutdown_timeout = policy.server.shutdown_timeout;
     let conf = ServerConf {
-        threads: policy.threads,
+        threads: policy.server.threads,
         // After SIGTERM the listeners close and requests in flight get up to the grace period;
         // `drain` ends the process as soon as they are done.
         grace_period_seconds: Some(shutdown_timeout.as_secs().max(1)),
@@ -46,9 +50,9 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
 
     // Keep SIGUSR1 (log reopening) from ending the process, access log or not.
     crate::observe::access_log::reopen_flag();
-    let pid_file = policy.pid_file.clone();
-    let listen = policy.listen.clone();
-    let admin = policy.admin;
+    let pid_file = policy.server.pid_file.clone();
+    let listen = policy.server.listen.clone();
+    let admin = policy.server.admin;
     let live = Live::new(policy)?;
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

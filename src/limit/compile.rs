@@ -1,0 +1,61 @@
+//! The `rate_limits` and `revocation` sections compiled into limiters and the revocation set.
+
+use super::{parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS};
+use crate::config::{Ctx, RateLimitConfig, RevocationConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub fn revocation(r: Option<&RevocationConfig>, ctx: &Ctx) -> Option<Arc<Revocation>> {
+    let r = r?;
+    let inline = RevocationSet {
+        sub: r.sub.iter().cloned().collect(),
+        jti: r.jti.iter().cloned().collect(),
+    };
+    let file = r.file.as_ref().map(|f| ctx.resolve(f));
+    match Revocation::new(inline, file) {
+        Ok(rev) => Some(Arc::new(rev)),
+        Err(e) => {
+            ctx.error("revocation.file", e);
+            None
+        }
+    }
+}
+
+/// Every limiter that is valid. One whose definition equals a limiter in `previous` (a
+/// reload) is that limiter, buckets and all.
+pub fn rate_limits(
+    limits: &BTreeMap<String, RateLimitConfig>,
+    ctx: &Ctx,
+    previous: Option<&BTreeMap<String, Arc<RateLimiter>>>,
+) -> BTreeMap<String, Arc<RateLimiter>> {
+    let mut out = BTreeMap::new();
+    for (name, l) in limits {
+        let path = format!("rate_limits.{name}");
+        let before = ctx.error_count();
+        let key = LimitKey::parse(&l.key)
+            .map_err(|e| ctx.error(format!("{path}.key"), e))
+            .ok();
+        let rate = parse_rate(&l.rate)
+            .map_err(|e| ctx.error(format!("{path}.rate"), e))
+            .ok();
+        if l.burst == 0 {
+            ctx.error(format!("{path}.burst"), "must be at least 1");
+        }
+        let max_keys = l.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+        if !(64..=10_000_000).contains(&max_keys) {
+            ctx.error(
+                format!("{path}.max_keys"),
+                format!("{max_keys} is out of range 64..=10000000"),
+            );
+        }
+        if let (Some(key), Some(rate), true) = (key, rate, ctx.error_count() == before) {
+            let fresh = RateLimiter::new(name, key, rate, l.burst, max_keys);
+            let kept = previous
+                .and_then(|p| p.get(name))
+                .filter(|old| old.same_definition(&fresh))
+                .cloned();
+            out.insert(name.clone(), kept.unwrap_or_else(|| Arc::new(fresh)));
+        }
+    }
+    out
+}

@@ -1,0 +1,208 @@
+//! The `upstreams` section compiled into pools: peers resolved, settings and health checks
+//! checked. A pool with any error is left out (routes naming it are not built).
+
+use super::{HashKey, HealthCheck, HealthKind, PeerSettings, Pool, Tls, MAX_WEIGHT};
+use crate::config::{duration_field, Balance, Ctx, HealthCheckConfig, HealthKindConfig};
+use crate::config::{ConfigError, UpstreamConfig};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn compile(
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+    ctx: &Ctx,
+) -> BTreeMap<String, Arc<Pool>> {
+    let mut out = BTreeMap::new();
+    for (name, u) in upstreams {
+        let path = format!("upstreams.{name}");
+        if u.peers.is_empty() {
+            ctx.error(format!("{path}.peers"), "at least one peer is needed");
+            continue;
+        }
+        let peers = peers(&path, u, ctx);
+        let before = ctx.error_count();
+        let hash_key = hash_key(&path, u, ctx);
+        let settings = peer_settings(&path, u, &mut ctx.errors());
+        let health_check = u
+            .health_check
+            .as_ref()
+            .and_then(|h| health_check(&format!("{path}.health_check"), h, &settings, ctx));
+        if peers.len() == u.peers.len() && ctx.error_count() == before {
+            out.insert(
+                name.clone(),
+                Arc::new(Pool::with(name, peers, hash_key, settings, health_check)),
+            );
+        }
+    }
+    out
+}
+
+/// The peers that resolved, with their weights.
+fn peers(path: &str, u: &UpstreamConfig, ctx: &Ctx) -> Vec<(SocketAddr, u32)> {
+    let mut peers = Vec::new();
+    for (i, p) in u.peers.iter().enumerate() {
+        let ppath = format!("{path}.peers[{i}]");
+        if p.weight() == 0 || p.weight() > MAX_WEIGHT {
+            ctx.error(
+                format!("{ppath}.weight"),
+                format!("weight {} is out of range 1..={MAX_WEIGHT}", p.weight()),
+            );
+            continue;
+        }
+        match resolve(p.addr()) {
+            Ok(addr) if peers.iter().any(|(a, _)| *a == addr) => {
+                ctx.error(ppath, format!("peer {addr} is listed twice"))
+            }
+            Ok(addr) => peers.push((addr, p.weight())),
+            Err(e) => ctx.error(ppath, e),
+        }
+    }
+    peers
+}
+
+fn hash_key(path: &str, u: &UpstreamConfig, ctx: &Ctx) -> Option<HashKey> {
+    match (u.balance, &u.hash_key) {
+        (Balance::ConsistentHash, Some(k)) => HashKey::parse(k)
+            .map_err(|e| ctx.error(format!("{path}.hash_key"), e))
+            .ok(),
+        (Balance::ConsistentHash, None) => {
+            ctx.error(
+                format!("{path}.hash_key"),
+                "consistent_hash needs a hash_key (claim:NAME, header:NAME or ip)",
+            );
+            None
+        }
+        (Balance::RoundRobin, Some(_)) => {
+            ctx.error(
+                format!("{path}.hash_key"),
+                "only applies to balance: consistent_hash",
+            );
+            None
+        }
+        (Balance::RoundRobin, None) => None,
+    }
+}
+
+fn peer_settings(path: &str, u: &UpstreamConfig, errors: &mut Vec<ConfigError>) -> PeerSettings {
+    let d = PeerSettings::default();
+    let ms = Duration::from_millis;
+    let connect_timeout = duration_field(
+        format!("{path}.connect_timeout"),
+        &u.connect_timeout,
+        d.connect_timeout,
+        ms(1)..=Duration::from_secs(300),
+        errors,
+    );
+    let read_timeout = duration_field(
+        format!("{path}.read_timeout"),
+        &u.read_timeout,
+        d.read_timeout,
+        ms(1)..=Duration::from_secs(3600),
+        errors,
+    );
+    let tries = match u.tries {
+        None => d.tries,
+        Some(n) if (1..=10).contains(&n) => n,
+        Some(n) => {
+            errors.push(ConfigError::new(
+                format!("{path}.tries"),
+                format!("{n} is out of range 1..=10"),
+            ));
+            d.tries
+        }
+    };
+    let tls = u.tls.as_ref().map(|t| Tls {
+        sni: t.sni.clone().unwrap_or_default(),
+        verify: t.verify.unwrap_or(true),
+    });
+    PeerSettings {
+        connect_timeout,
+        read_timeout,
+        tls,
+        tries,
+    }
+}
+
+fn health_check(
+    hpath: &str,
+    h: &HealthCheckConfig,
+    settings: &PeerSettings,
+    ctx: &Ctx,
+) -> Option<HealthCheck> {
+    let kind = match (h.kind, &h.path) {
+        (HealthKindConfig::Tcp, None) => HealthKind::Tcp,
+        (HealthKindConfig::Tcp, Some(_)) => {
+            ctx.error(format!("{hpath}.path"), "only applies to kind: http");
+            return None;
+        }
+        (HealthKindConfig::Http, p) => {
+            let p = p.clone().unwrap_or_else(|| "/".into());
+            if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                ctx.error(
+                    format!("{hpath}.path"),
+                    format!("{p:?} must start with / and have no spaces"),
+                );
+                return None;
+            }
+            if settings.tls.is_some() {
+                ctx.error(
+                    format!("{hpath}.kind"),
+                    "http checks do not speak TLS yet: use kind: tcp for a TLS upstream",
+                );
+                return None;
+            }
+            HealthKind::Http { path: p }
+        }
+    };
+    let ms = Duration::from_millis;
+    let interval = duration_field(
+        format!("{hpath}.interval"),
+        &h.interval,
+        Duration::from_secs(5),
+        ms(100)..=Duration::from_secs(3600),
+        &mut ctx.errors(),
+    );
+    let timeout = duration_field(
+        format!("{hpath}.timeout"),
+        &h.timeout,
+        Duration::from_secs(1),
+        ms(10)..=Duration::from_secs(60),
+        &mut ctx.errors(),
+    );
+    let count = |field: &str, v: Option<u32>| -> u32 {
+        match v {
+            None => 2,
+            Some(n) if (1..=100).contains(&n) => n,
+            Some(n) => {
+                ctx.error(
+                    format!("{hpath}.{field}"),
+                    format!("{n} is out of range 1..=100"),
+                );
+                2
+            }
+        }
+    };
+    let unhealthy_after = count("unhealthy_after", h.unhealthy_after);
+    let healthy_after = count("healthy_after", h.healthy_after);
+    Some(HealthCheck {
+        kind,
+        interval,
+        timeout,
+        unhealthy_after,
+        healthy_after,
+    })
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("peer {addr:?} needs a port, like {addr}:80"));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve peer {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("peer {addr:?} resolves to no address"))
+}
