@@ -19,7 +19,9 @@ pub mod proxy;
 pub mod reload;
 pub mod request_key;
 pub mod server;
+pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 use std::path::Path;
 

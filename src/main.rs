@@ -210,7 +210,7 @@ fn serve(policy: portcullis::policy::Policy, config: &std::path::Path) -> ExitCo
     for w in &policy.warnings {
         log::warn!("{w}");
     }
-    let listen: Vec<String> = policy.server.listen.iter().map(|a| a.to_string()).collect();
+    let listen: Vec<String> = policy.server.listen.iter().map(|l| l.to_string()).collect();
     log::info!(
         "portcullis {} listening on {} ({} routes)",
         env!("CARGO_PKG_VERSION"),
@@ -252,7 +252,10 @@ fn demo(config: &std::path::Path) -> ExitCode {
     }
     std::mem::forget(echoes);
 
-    let gw = policy.server.listen[0];
+    let gw = policy
+        .server
+        .first_plain()
+        .unwrap_or(policy.server.listen[0].addr);
     let base = if gw.ip().is_unspecified() {
         format!("http://127.0.0.1:{}", gw.port())
     } else {

@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 pub struct Live {
     pub policy: ArcSwap<Policy>,
     pub access_log: ArcSwapOption<AccessLog>,
+    /// One certificate resolver per `tls` profile, for the life of the process: TLS listeners
+    /// are bound at start and keep theirs; reloads and file changes swap what it serves.
+    pub tls: std::collections::BTreeMap<String, Arc<crate::tls::Resolver>>,
 }
 
 /// Start the access log writer a policy asks for, if any.
@@ -32,9 +35,19 @@ impl Live {
     pub fn new(policy: Policy) -> std::io::Result<Arc<Live>> {
         policy.start_background();
         let log = open_access_log(&policy)?;
+        let tls = policy
+            .tls
+            .iter()
+            .map(|(name, profile)| {
+                let r = crate::tls::Resolver::new(profile.clone());
+                crate::tls::Resolver::watch(&r);
+                (name.clone(), r)
+            })
+            .collect();
         Ok(Arc::new(Live {
             policy: ArcSwap::from_pointee(policy),
             access_log: ArcSwapOption::new(log),
+            tls,
         }))
     }
 }
@@ -107,6 +120,16 @@ impl Reloader {
         }
         for w in &new.warnings {
             log::warn!("{w}");
+        }
+        // Certificates: each running TLS listener serves its profile's new certificates from
+        // the next handshake on.
+        for (name, resolver) in &self.live.tls {
+            match new.tls.get(name) {
+                Some(p) => resolver.install(p.clone()),
+                None => log::warn!(
+                    "tls.{name} was removed: its listeners keep their certificates until a restart"
+                ),
+            }
         }
         // The access log: keep the running writer unless its target or claims changed.
         let new_log = if new.access_log != old.access_log {

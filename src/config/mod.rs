@@ -59,11 +59,54 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// A value that may be written as one item or as a list of items.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+/// Not `untagged`: an error inside an item keeps its own message and its place
+/// (`server.listen[2]: unknown field ...`) instead of "data did not match any variant".
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, value, IntoDeserializer};
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("one item or a list of items")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany::Many(items))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(value::MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 impl<T: Clone> OneOrMany<T> {
@@ -86,6 +129,7 @@ pub struct Config {
     pub revocation: Option<RevocationConfig>,
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     pub access_log: Option<AccessLogConfig>,
+    pub tls: BTreeMap<String, TlsProfileConfig>,
     /// `section.name` of entries that are present but failed to parse (already reported):
     /// references to them are not reported again as unknown.
     pub broken: BTreeSet<String>,
@@ -99,6 +143,7 @@ impl Config {
             "keys" => self.keys.contains_key(name),
             "auth" => self.auth.contains_key(name),
             "rate_limits" => self.rate_limits.contains_key(name),
+            "tls" => self.tls.contains_key(name),
             _ => false,
         };
         parsed || self.broken.contains(&format!("{section}.{name}"))
@@ -111,6 +156,7 @@ impl Config {
             "keys" => self.keys.keys().cloned().collect(),
             "auth" => self.auth.keys().cloned().collect(),
             "rate_limits" => self.rate_limits.keys().cloned().collect(),
+            "tls" => self.tls.keys().cloned().collect(),
             _ => Vec::new(),
         };
         let prefix = format!("{section}.");
@@ -127,9 +173,12 @@ impl Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Addresses the proxy listens on.
+    /// Addresses the proxy listens on: `IP:PORT`, or `{addr, tls}` / `{addr, redirect_https}`.
     #[serde(default = "default_listen")]
-    pub listen: OneOrMany<String>,
+    pub listen: OneOrMany<ListenConfig>,
+    /// HTTP/2: ALPN `h2` on TLS listeners, h2c (prior knowledge) on plain ones. Default true.
+    #[serde(default = "yes")]
+    pub http2: bool,
     /// Worker threads; default: the number of cores.
     pub threads: Option<usize>,
     /// Optional admin listener (`/healthz`, `/readyz`, `/metrics`).
@@ -178,6 +227,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            http2: true,
             threads: None,
             admin: None,
             pid_file: None,
@@ -189,8 +239,77 @@ impl Default for ServerConfig {
     }
 }
 
-fn default_listen() -> OneOrMany<String> {
-    OneOrMany::One("0.0.0.0:8080".to_string())
+fn default_listen() -> OneOrMany<ListenConfig> {
+    OneOrMany::One(ListenConfig::plain("0.0.0.0:8080"))
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One listener: a bare `IP:PORT` (plain HTTP), or the long form.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct ListenConfig {
+    pub addr: String,
+    /// A `tls` profile name: terminate TLS here.
+    pub tls: Option<String>,
+    /// Answer every request with 308 to `https://HOST:PORT/path?query`.
+    pub redirect_https: Option<u16>,
+}
+
+impl ListenConfig {
+    pub fn plain(addr: &str) -> Self {
+        ListenConfig {
+            addr: addr.to_string(),
+            tls: None,
+            redirect_https: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenLong {
+    addr: String,
+    tls: Option<String>,
+    redirect_https: Option<u16>,
+}
+
+impl TryFrom<Value> for ListenConfig {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        match v {
+            Value::String(s) => Ok(ListenConfig::plain(&s)),
+            Value::Mapping(_) => {
+                let l: ListenLong =
+                    serde_yaml::from_value(v).map_err(|e| strip_location(&e.to_string()))?;
+                Ok(ListenConfig {
+                    addr: l.addr,
+                    tls: l.tls,
+                    redirect_https: l.redirect_https,
+                })
+            }
+            _ => Err("a listener is \"IP:PORT\" or {addr, tls} or {addr, redirect_https}".into()),
+        }
+    }
+}
+
+/// A `tls` profile: the certificates one or more TLS listeners serve.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsProfileConfig {
+    /// Chosen by SNI against each certificate's SAN names; the first is the default.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM: the certificate, then its chain.
+    pub cert: String,
+    /// PEM: the private key (PKCS#8, RSA or SEC1).
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -423,6 +542,7 @@ const SECTIONS: &[&str] = &[
     "revocation",
     "rate_limits",
     "access_log",
+    "tls",
 ];
 
 /// Read and parse a config file. A file that cannot be read or is not YAML is an error here;
@@ -501,6 +621,7 @@ pub fn parse(text: &str) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>>
             "keys" => config.keys = named(&key, v, &mut errors, &mut config.broken),
             "auth" => config.auth = named(&key, v, &mut errors, &mut config.broken),
             "rate_limits" => config.rate_limits = named(&key, v, &mut errors, &mut config.broken),
+            "tls" => config.tls = named(&key, v, &mut errors, &mut config.broken),
             "revocation" => config.revocation = entry(&key, v, &mut errors),
             "access_log" => config.access_log = entry(&key, v, &mut errors),
             "routes" => match v {

@@ -5,6 +5,7 @@
 //! canonical form (in place, so that the upstream is sent exactly what was routed) and applies
 //! the header-name rules. `strip_upgrade` runs once the route is known.
 
+pub mod redirect;
 pub mod target;
 
 pub use target::{canonical_host, canonical_target, EncodedSlashes, PathRules, Target};

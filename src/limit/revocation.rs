@@ -8,9 +8,8 @@
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the file is looked at.
@@ -57,13 +56,6 @@ pub struct Revocation {
     inline: RevocationSet,
     pub file: Option<PathBuf>,
     current: ArcSwap<RevocationSet>,
-}
-
-type Stamp = (u64, u64, i64, i64);
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
 }
 
 impl Revocation {
@@ -114,43 +106,29 @@ impl Revocation {
 
     /// Watch the file on a background thread for as long as `this` is alive.
     pub fn watch(this: &Arc<Revocation>) {
-        let Some(path) = this.file.clone() else {
+        if this.file.is_none() {
             return;
-        };
-        let weak: Weak<Revocation> = Arc::downgrade(this);
-        let _ = std::thread::Builder::new()
-            .name("revocation-watch".into())
-            .spawn(move || {
-                let mut last = stamp(&path);
-                let mut failing = false;
-                loop {
-                    std::thread::sleep(POLL);
-                    let Some(r) = weak.upgrade() else { return };
-                    let now = stamp(&path);
-                    if now == last && !failing {
-                        continue;
+        }
+        crate::watch::watch(
+            this,
+            crate::watch::Watched {
+                name: "revocation-watch",
+                every: POLL,
+                files: |r| r.file.iter().cloned().collect(),
+                reload: |r| match r.reload() {
+                    Ok(()) => {
+                        let set = r.snapshot();
+                        Ok(format!(
+                            "revocation file {:?} reloaded: {} sub, {} jti",
+                            r.file.as_deref().unwrap_or(Path::new("")),
+                            set.sub.len(),
+                            set.jti.len()
+                        ))
                     }
-                    match r.reload() {
-                        Ok(()) => {
-                            let set = r.snapshot();
-                            log::info!(
-                                "revocation file {path:?} reloaded: {} sub, {} jti",
-                                set.sub.len(),
-                                set.jti.len()
-                            );
-                            failing = false;
-                            last = now;
-                        }
-                        Err(e) => {
-                            if !failing || now != last {
-                                log::error!("revocation file: {e}; keeping the last good set");
-                            }
-                            failing = true;
-                            last = now;
-                        }
-                    }
-                }
-            });
+                    Err(e) => Err(format!("revocation file: {e}; keeping the last good set")),
+                },
+            },
+        );
     }
 }
 

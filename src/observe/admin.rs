@@ -48,8 +48,9 @@ impl Admin {
     /// Why the gateway is not ready, if it is not.
     async fn not_ready(&self) -> Option<String> {
         let policy = self.live.policy.load_full();
-        for addr in &policy.server.listen {
-            if !accepting(*addr).await {
+        for l in &policy.server.listen {
+            let addr = l.addr;
+            if !accepting(addr).await {
                 return Some(format!("listener {addr} is not accepting connections"));
             }
         }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub access_log_dropped: IntCounter,
     pub jwks_fetches: IntCounterVec,
+    pub tls_certificate_expiry: IntGaugeVec,
+    pub tls_certificate_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -93,6 +95,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "portcullis_jwks_fetches_total",
             "Fetches of remote key sets, by key set and result (ok, error).",
             &["keys", "result"],
+        )?,
+        tls_certificate_expiry: {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_tls_certificate_expiry_timestamp_seconds",
+                    "When each served certificate expires (notAfter, seconds since the epoch).",
+                ),
+                &["profile", "certificate"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        tls_certificate_reloads: counter(
+            "portcullis_tls_certificate_reloads_total",
+            "Certificate reloads after a file changed on disk, by profile and result (ok, error).",
+            &["profile", "result"],
         )?,
         access_log_dropped: {
             let c = IntCounter::new(

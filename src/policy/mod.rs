@@ -31,6 +31,8 @@ pub struct Policy {
     pub server: Settings,
     /// Canonical target, host and header-name rules (`server`).
     pub edge: EdgeRules,
+    /// Certificate profiles (`tls`).
+    pub tls: BTreeMap<String, Arc<crate::tls::Profile>>,
     pub routes: RouteTable,
     pub verifiers: BTreeMap<String, Arc<Verifier>>,
     pub key_sets: BTreeMap<String, KeySet>,
@@ -57,6 +59,7 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     let cfg = ctx.config();
     let server = crate::server::settings::compile(&cfg.server, &ctx);
     let edge = crate::edge::compile(&cfg.server);
+    let tls = crate::tls::compile(&cfg.tls, &ctx);
     let upstreams = crate::upstream::compile::compile(&cfg.upstreams, &ctx);
     let key_sets = crate::auth::keys::compile(&cfg.keys, &ctx, previous.map(|p| &p.key_sets));
     let policies = crate::auth::compile::compile(&cfg.auth, &key_sets, &ctx);
@@ -86,6 +89,7 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     Ok(Policy {
         server,
         edge,
+        tls,
         routes,
         verifiers: policies.verifiers,
         key_sets,
@@ -129,7 +133,7 @@ impl Policy {
     /// The one-screen summary printed by `check`.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        let listen: Vec<String> = self.server.listen.iter().map(|l| l.to_string()).collect();
         let _ = writeln!(
             s,
             "listen {}  threads {}  admin {}",

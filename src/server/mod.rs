@@ -3,14 +3,25 @@
 
 pub mod settings;
 
-pub use settings::Settings;
+pub use settings::{ListenKind, Listener, Settings};
 
+/// Pingora's TLS settings want callbacks to be given; portcullis needs none (certificates come
+/// from its resolver, which Pingora asks on every handshake).
+struct NoCallbacks;
+
+#[async_trait]
+impl TlsAccept for NoCallbacks {}
+
+use crate::edge::redirect::Redirect;
 use crate::observe::Admin;
 use crate::policy::Policy;
 use crate::proxy::{in_flight, Gateway};
 use crate::reload::{Live, Reloader};
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::TlsAccept;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
@@ -52,15 +63,54 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
     crate::observe::access_log::reopen_flag();
     let pid_file = policy.server.pid_file.clone();
     let listen = policy.server.listen.clone();
+    let http2 = policy.server.http2;
     let admin = policy.server.admin;
+    let edge_rules = policy.edge.clone();
     let live = Live::new(policy)?;
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway::new(live.clone()),
         "portcullis proxy",
     );
-    for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
+    if http2 {
+        // h2c with prior knowledge on plain listeners; Pingora tells it from HTTP/1.1 by the
+        // connection preface, so both share a port.
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        proxy
+            .app_logic_mut()
+            .expect("a new service has its app")
+            .server_options = Some(opts);
+    }
+    for l in &listen {
+        match &l.kind {
+            ListenKind::Plain => proxy.add_tcp(&l.addr.to_string()),
+            ListenKind::Tls(profile) => {
+                let resolver = live.tls.get(profile).cloned().ok_or_else(|| {
+                    std::io::Error::other(format!("tls profile {profile} is not loaded"))
+                })?;
+                let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                settings.set_cert_resolver(resolver);
+                if http2 {
+                    settings.enable_h2();
+                }
+                proxy.add_tls_with_settings(&l.addr.to_string(), None, settings);
+            }
+            ListenKind::RedirectHttps(port) => {
+                let app = Redirect {
+                    port: *port,
+                    rules: edge_rules.clone(),
+                };
+                let mut svc = Service::new(
+                    format!("portcullis redirect {}", l.addr),
+                    HttpServer::new_app(app),
+                );
+                svc.add_tcp(&l.addr.to_string());
+                svc.threads = Some(1);
+                server.add_service(svc);
+            }
+        }
     }
     server.add_service(proxy);
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use portcullis::echo::EchoServer;
 
+pub mod certs;
 pub mod idp;
 pub mod nginx;
 

@@ -1,0 +1,475 @@
+//! End to end: TLS listeners (certificates by SNI, TLS 1.2 and 1.3, ALPN h2 and http/1.1),
+//! h2c on plain listeners, certificate rotation without a restart, redirect listeners, and the
+//! config checks for certificates. Clients: Python's `ssl` (tests/tls_client.py) and curl.
+
+mod common;
+
+use common::certs::{Ca, Leaf};
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Run tests/tls_client.py against `port` with `args`.
+fn client(port: u16, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "tls_client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
+    })
+}
+
+/// curl with the test CA, `name` resolved to the gateway; returns (status, http version,
+/// headers and body).
+fn curl(ca: &Ca, name: &str, port: u16, path: &str, extra: &[&str]) -> (u16, String, String) {
+    let url = format!("https://{name}:{port}{path}");
+    let resolve = format!("{name}:{port}:127.0.0.1");
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(&ca.pem)
+        .args([
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(extra)
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, last) = text.rsplit_once('\n').unwrap();
+    let (code, version) = last.split_once(' ').unwrap();
+    (code.parse().unwrap(), version.to_string(), body.to_string())
+}
+
+struct Setup {
+    ca: Ca,
+    api: Leaf,
+    wild: Leaf,
+    dir: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = temp_dir();
+    let ca = Ca::new(&dir);
+    let api = ca.leaf(&dir, "api", &["api.example.com"], false);
+    let wild = ca.leaf(&dir, "wild", &["*.example.com"], false);
+    Setup { ca, api, wild, dir }
+}
+
+/// A gateway with a TLS listener (profile `edge`: api then wildcard) and a plain one, a public
+/// and a protected route to an echo server.
+fn gateway(s: &Setup, echo: &EchoServer, server_extra: &str) -> (Gateway, u16, u16) {
+    let (tls_port, plain_port, admin) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        r#"server:
+  listen:
+    - {{addr: "127.0.0.1:{tls_port}", tls: edge}}
+    - "127.0.0.1:{plain_port}"
+  threads: 1
+  admin: "127.0.0.1:{admin}"
+{server_extra}
+tls:
+  edge:
+    certificates:
+      - {{cert: "{}", key: "{}"}}
+      - {{cert: "{}", key: "{}"}}
+upstreams:
+  api: {{peers: ["{}"]}}
+keys:
+  k: {{secret: "0123456789abcdef0123456789abcdef"}}
+auth:
+  p: {{keys: k, algorithms: [HS256], forward_claims: {{X-User: sub}}}}
+routes:
+  - {{prefix: /api/, upstream: api, auth: p}}
+  - {{prefix: /, upstream: api}}
+"#,
+        s.api.cert.display(),
+        s.api.key.display(),
+        s.wild.cert.display(),
+        s.wild.key.display(),
+        echo.addr
+    );
+    (
+        Gateway::start_raw(&yaml, tls_port, admin),
+        tls_port,
+        plain_port,
+    )
+}
+
+fn token() -> String {
+    hs256(SECRET, &json!({"sub": "alice", "exp": now() + 600}))
+}
+
+#[test]
+fn certificates_by_sni_tls_versions_and_alpn() {
+    let s = setup();
+    let echo = echo();
+    let (_gw, port, _) = gateway(&s, &echo, "");
+    let sha = |args: &[&str]| {
+        client(port, args)["cert_sha256"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        sha(&[]),
+        s.api.sha256,
+        "no SNI: the default (first) certificate"
+    );
+    assert_eq!(sha(&["--sni", "api.example.com"]), s.api.sha256);
+    assert_eq!(sha(&["--sni", "foo.example.com"]), s.wild.sha256);
+    assert_eq!(sha(&["--sni", "FOO.Example.com"]), s.wild.sha256);
+    assert_eq!(
+        sha(&["--sni", "a.b.example.com"]),
+        s.api.sha256,
+        "a wildcard is one label"
+    );
+    assert_eq!(sha(&["--sni", "other.test"]), s.api.sha256);
+    // Verified by a client that trusts the CA, for the name it asked for.
+    let ca = s.ca.pem.to_str().unwrap();
+    let r = client(
+        port,
+        &["--sni", "x.example.com", "--cafile", ca, "--get", "/hello"],
+    );
+    assert_eq!(r["statuses"], json!([200]), "{r}");
+
+    for v in ["1.2", "1.3"] {
+        let r = client(port, &["--tls", v, "--get", "/x"]);
+        assert_eq!(r["version"], format!("TLSv{v}"), "{r}");
+        assert_eq!(r["statuses"], json!([200]));
+    }
+    assert_eq!(client(port, &["--alpn", "h2,http/1.1"])["alpn"], "h2");
+    let r = client(port, &["--alpn", "http/1.1", "--get", "/x"]);
+    assert_eq!(r["alpn"], "http/1.1");
+    assert_eq!(r["statuses"], json!([200]));
+
+    // curl over h2 and over HTTP/1.1 on the same port.
+    let (code, version, _) = curl(&s.ca, "api.example.com", port, "/x", &["--http2"]);
+    assert_eq!((code, version.as_str()), (200, "2"));
+    let (code, version, _) = curl(&s.ca, "api.example.com", port, "/x", &["--http1.1"]);
+    assert_eq!((code, version.as_str()), (200, "1.1"));
+}
+
+#[test]
+fn auth_behaves_the_same_over_h2_and_h2c() {
+    let s = setup();
+    let echo = echo();
+    let (gw, port, plain) = gateway(&s, &echo, "");
+    let bearer = format!("Authorization: Bearer {}", token());
+    // Over TLS + h2.
+    let (code, _, text) = curl(&s.ca, "api.example.com", port, "/api/x", &["--http2"]);
+    assert_eq!(code, 401);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{text}"
+    );
+    let (code, version, text) = curl(
+        &s.ca,
+        "api.example.com",
+        port,
+        "//api/x",
+        &["--http2", "-H", &bearer, "-H", "X-User: mallory"],
+    );
+    assert_eq!((code, version.as_str()), (200, "2"), "{text}");
+    let body = text.split("\r\n\r\n").last().unwrap();
+    let doc: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(doc["path"], "/api/x", "the canonical path over h2 too");
+    let users: Vec<&Value> = doc["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "x-user")
+        .collect();
+    assert_eq!(users, [&json!(["x-user", "alice"])], "{doc}");
+    let hosts: Vec<&Value> = doc["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "host")
+        .collect();
+    assert_eq!(hosts.len(), 1, "{doc}");
+    assert_eq!(hosts[0][1], format!("api.example.com:{port}"));
+
+    // h2c with prior knowledge on the plain listener, HTTP/1.1 on the same port.
+    let h2c = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{plain}/api/x"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(h2c(&["--http2-prior-knowledge"]), "401 2");
+    assert_eq!(h2c(&["--http2-prior-knowledge", "-H", &bearer]), "200 2");
+    assert_eq!(h2c(&["-H", &bearer]), "200 1.1");
+    assert_eq!(
+        gw.metric("portcullis_jwt_validations_total{policy=\"p\",result=\"missing\"}"),
+        2.0
+    );
+}
+
+#[test]
+fn http2_off_means_no_h2_anywhere() {
+    let s = setup();
+    let echo = echo();
+    let (_gw, port, plain) = gateway(&s, &echo, "  http2: false");
+    assert_ne!(client(port, &["--alpn", "h2,http/1.1"])["alpn"], "h2");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2-prior-knowledge",
+        ])
+        .arg(format!("http://127.0.0.1:{plain}/x"))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+/// Wait until a new handshake for `sni` shows `sha`.
+fn wait_for_cert(port: u16, sni: &str, sha: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = client(port, &["--sni", sni]);
+        if got["cert_sha256"] == sha {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still serving {got} after 10 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn certificates_rotate_on_disk_and_on_reload_without_dropping_connections() {
+    let s = setup();
+    let echo = echo();
+    let (gw, port, _) = gateway(&s, &echo, "");
+    let ok = "portcullis_tls_certificate_reloads_total{profile=\"edge\",result=\"ok\"}";
+    let bad = "portcullis_tls_certificate_reloads_total{profile=\"edge\",result=\"error\"}";
+
+    // A connection opened now, used again after the rotation.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls_client.py");
+    let open = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .args([
+            "--sni",
+            "api.example.com",
+            "--get",
+            "/1",
+            "--get",
+            "/2",
+            "--pause",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Renewal the certbot way: new files written aside, renamed over the old ones.
+    let renewed =
+        s.ca.leaf(&s.dir, "api-renewed", &["api.example.com"], false);
+    std::fs::rename(&renewed.key, &s.api.key).unwrap();
+    std::fs::rename(&renewed.cert, &s.api.cert).unwrap();
+    wait_for_cert(port, "api.example.com", &renewed.sha256);
+    assert!(gw.metric(ok) >= 1.0);
+
+    let out = open.wait_with_output().unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["statuses"],
+        json!([200, 200]),
+        "the open connection went on: {r}"
+    );
+    assert_eq!(
+        r["cert_sha256"], s.api.sha256,
+        "it kept the certificate it had"
+    );
+
+    // A bad rotation (a key that does not fit): the certificate in force keeps serving.
+    let other = s.ca.leaf(&s.dir, "other", &["api.example.com"], false);
+    std::fs::copy(&other.key, &s.api.key).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.metric(bad) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bad rotation was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        client(port, &["--sni", "api.example.com"])["cert_sha256"],
+        renewed.sha256
+    );
+    assert!(gw.log().contains("keep serving"), "{}", gw.log());
+
+    // Reload with a config naming other files: served from the next handshake on.
+    let conf = gw.dir.join("portcullis.yaml");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let third = s.ca.leaf(&s.dir, "third", &["api.example.com"], false);
+    let text = text
+        .replace(
+            &s.api.cert.display().to_string(),
+            &third.cert.display().to_string(),
+        )
+        .replace(
+            &s.api.key.display().to_string(),
+            &third.key.display().to_string(),
+        );
+    std::fs::write(&conf, text).unwrap();
+    gw.signal("-HUP");
+    wait_for_cert(port, "api.example.com", &third.sha256);
+    // Expiry is exported per certificate.
+    let expiry = format!(
+        "portcullis_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\",profile=\"edge\"}}",
+        third.cert.display()
+    );
+    assert!(
+        gw.metric(&expiry) > now() as f64,
+        "no expiry gauge {expiry}"
+    );
+}
+
+#[test]
+fn redirect_listener_answers_308_and_proxies_nothing() {
+    let echo = echo();
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "server:\n  listen:\n    - {{addr: \"127.0.0.1:{port}\", redirect_https: 443}}\n  threads: 1\n  admin: \"127.0.0.1:{admin}\"\nupstreams:\n  api: {{peers: [\"{}\"]}}\nroutes:\n  - {{prefix: /, upstream: api}}\n",
+        echo.addr
+    );
+    let gw = Gateway::start_raw(&yaml, port, admin);
+    let r = send_raw(
+        gw.addr,
+        "GET //a/%62?q=1 HTTP/1.1\r\nHost: API.example.com:80\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://api.example.com/a/b?q=1")
+    );
+    let r = send_raw(gw.addr, "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(echo.hits(), 0);
+}
+
+fn send_raw(addr: std::net::SocketAddr, raw: &str) -> Response {
+    raw_request(addr, raw.as_bytes()).expect("a response")
+}
+
+#[test]
+fn certificate_problems_are_check_errors_naming_the_file() {
+    let s = setup();
+    let expired = s.ca.leaf(&s.dir, "expired", &["old.example.com"], true);
+    let conf = |certs: &str, listen: &str| {
+        format!(
+            "server:\n  listen: [{listen}]\ntls:\n  edge:\n    certificates: [{certs}]\nupstreams:\n  a: {{peers: [\"127.0.0.1:1\"]}}\nroutes:\n  - {{prefix: /, upstream: a}}\n"
+        )
+    };
+    let pair =
+        |c: &Path, k: &Path| format!("{{cert: \"{}\", key: \"{}\"}}", c.display(), k.display());
+    let tls = "{addr: \"127.0.0.1:8443\", tls: edge}";
+    let missing = s.dir.join("missing.pem");
+    let err = check_refuses_yaml(&conf(
+        &format!(
+            "{}, {}, {}",
+            pair(&missing, &s.api.key),
+            pair(&s.api.cert, &s.wild.key),
+            pair(&s.api.key, &s.api.key)
+        ),
+        tls,
+    ));
+    assert_errors(
+        &err,
+        &[
+            ("tls.edge.certificates[0].cert", "missing.pem"),
+            (
+                "tls.edge.certificates[1].key",
+                "is not the key of the certificate",
+            ),
+            ("tls.edge.certificates[2].cert", "no PEM certificate"),
+        ],
+    );
+    let err = check_refuses_yaml(&conf(
+        &pair(&s.api.cert, &s.api.key),
+        "{addr: \"127.0.0.1:8443\", tls: nope}, {addr: \"127.0.0.1:80\", tls: edge, redirect_https: 443}, {addr: \"nowhere\", tls: edge}",
+    ));
+    assert_errors(
+        &err,
+        &[
+            (
+                "server.listen[0].tls",
+                "unknown tls profile \"nope\" (defined: edge)",
+            ),
+            ("server.listen[1]", "exclude each other"),
+            ("server.listen[2].addr", "invalid address \"nowhere\""),
+        ],
+    );
+    let err = check_refuses_yaml(&conf(
+        &pair(&s.api.cert, &s.api.key),
+        "\"127.0.0.1:80\", {addr: \"127.0.0.1:81\", tsl: edge}",
+    ));
+    assert_errors(&err, &[("server.listen[1]", "unknown field `tsl`")]);
+    let err = check_refuses_yaml(&conf("", tls));
+    assert_errors(
+        &err,
+        &[("tls.edge.certificates", "at least one certificate")],
+    );
+
+    // Expired: a warning, not an error.
+    let p = s.dir.join("expired.yaml");
+    std::fs::write(
+        &p,
+        conf(
+            &format!(
+                "{}, {}",
+                pair(&s.api.cert, &s.api.key),
+                pair(&expired.cert, &expired.key)
+            ),
+            tls,
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: tls.edge.certificates[1].cert:")
+            && stderr.contains("has expired"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,79 @@
+"""A TLS client for the tests: connects, reports what the handshake gave, and optionally sends
+HTTP/1.1 requests on the one connection.
+
+Usage: tls_client.py PORT [--sni NAME] [--alpn P1,P2] [--tls 1.2|1.3] [--cafile F]
+                          [--get PATH]... [--pause SECONDS]
+Prints one JSON object: version, alpn, cert_sha256 (of the leaf), and statuses of the requests.
+Certificates are not verified unless --cafile is given (the tests look at which one was sent).
+"""
+import hashlib
+import json
+import socket
+import ssl
+import sys
+import time
+
+args = sys.argv[1:]
+port = int(args.pop(0))
+sni, alpn, version, cafile, gets, pause = None, None, None, None, [], 0.0
+while args:
+    flag = args.pop(0)
+    value = args.pop(0)
+    if flag == "--sni":
+        sni = value
+    elif flag == "--alpn":
+        alpn = value.split(",")
+    elif flag == "--tls":
+        version = value
+    elif flag == "--cafile":
+        cafile = value
+    elif flag == "--get":
+        gets.append(value)
+    elif flag == "--pause":
+        pause = float(value)
+    else:
+        sys.exit(f"unknown flag {flag}")
+
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+if cafile:
+    ctx.load_verify_locations(cafile)
+else:
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+if alpn:
+    ctx.set_alpn_protocols(alpn)
+if version == "1.2":
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+elif version == "1.3":
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+
+out = {}
+try:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname=sni)
+except (ssl.SSLError, OSError) as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(0)
+out["version"] = s.version()
+out["alpn"] = s.selected_alpn_protocol()
+out["cert_sha256"] = hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+statuses = []
+f = s.makefile("rb")
+for i, path in enumerate(gets):
+    if i > 0 and pause:
+        time.sleep(pause)
+    host = sni or "127.0.0.1"
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    status = f.readline().split(b" ")[1].decode()
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode().partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v.strip())
+    f.read(length)
+    statuses.append(int(status))
+out["statuses"] = statuses
+print(json.dumps(out))
