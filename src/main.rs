@@ -305,6 +305,21 @@ fn demo(config: &std::path::Path) -> ExitCode {
     }
     println!("# a public route: 200 without a token");
     println!("curl -i {base}/");
+    let tls = policy.server.listen.iter().find_map(|l| match &l.kind {
+        portcullis::server::ListenKind::Tls(p) => Some((l.addr, p.clone())),
+        _ => None,
+    });
+    if let Some((addr, profile)) = tls {
+        if let Some(p) = policy.tls.get(&profile) {
+            let (c, _) = &p.pairs[0];
+            println!("# the same over TLS and HTTP/2 (the demo certificate is self-signed)");
+            println!(
+                "curl -i --http2 --cacert {} https://localhost:{}/",
+                c.display(),
+                addr.port()
+            );
+        }
+    }
     println!();
     serve(policy, config)
 }

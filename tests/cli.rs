@@ -297,15 +297,19 @@ fn demo_prints_working_curl_lines() {
     let dir = temp_dir();
     let port = free_port();
     let up = free_port();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/api_secret.jwk"),
-        dir.join("api_secret.jwk"),
-    )
-    .unwrap();
+    for f in ["api_secret.jwk", "demo-tls.pem", "demo-tls.key"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("conf").join(f),
+            dir.join(f),
+        )
+        .unwrap();
+    }
+    let tls_port = free_port();
     let demo_conf =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/demo.yaml"))
             .unwrap()
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+            .replace("127.0.0.1:8443", &format!("127.0.0.1:{tls_port}"))
             .replace("127.0.0.1:9000", &format!("127.0.0.1:{up}"))
             .replace("127.0.0.1:9001", &format!("127.0.0.1:{}", free_port()))
             .replace("127.0.0.1:9901", &format!("127.0.0.1:{}", free_port()));
@@ -321,15 +325,17 @@ fn demo_prints_working_curl_lines() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut token = None;
     let mut path = None;
-    for line in lines.by_ref().take(20) {
+    let mut https = None;
+    for line in lines.by_ref().take(30) {
         let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("curl -i --http2 --cacert ") {
+            https = Some(rest.to_string());
+            break;
+        }
         if let Some(rest) = line.strip_prefix("curl -i -H 'Authorization: Bearer ") {
             let (t, url) = rest.split_once("' ").unwrap();
             token = Some(t.to_string());
             path = Some(url.split_once(&port.to_string()).unwrap().1.to_string());
-        }
-        if line.starts_with("curl -i http") && token.is_some() {
-            break;
         }
     }
     let (token, path) = (token.expect("a token line"), path.unwrap());
@@ -346,6 +352,33 @@ fn demo_prints_working_curl_lines() {
     assert_eq!(r.status, 200);
     assert_eq!(r.upstream_header("x-jwt-sub").as_deref(), Some("demo-user"));
     assert_eq!(request(addr, "GET", "/", &[], None).status, 200);
+    // The printed https line works as printed: the demo certificate, h2.
+    let (ca, url) = https
+        .expect("an https curl line")
+        .split_once(' ')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--http2",
+            "--cacert",
+            &ca,
+            &url,
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
