@@ -220,9 +220,98 @@ impl Reject {
     }
 }
 
+/// The gRPC status for an HTTP status the gateway answers with (what a stock gRPC client
+/// reports), as Envoy maps them, except 429 → RESOURCE_EXHAUSTED.
+pub fn grpc_status(http: u16) -> u8 {
+    match http {
+        400 => 3,        // INVALID_ARGUMENT
+        401 => 16,       // UNAUTHENTICATED
+        403 => 7,        // PERMISSION_DENIED
+        404 | 405 => 12, // UNIMPLEMENTED
+        429 => 8,        // RESOURCE_EXHAUSTED
+        502..=504 => 14, // UNAVAILABLE
+        _ => 2,          // UNKNOWN
+    }
+}
+
+/// gRPC's percent-encoding of `grpc-message`: bytes outside printable ASCII, and `%`.
+fn grpc_message(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Is this a gRPC request (its refusals are answered the gRPC way)?
+pub fn is_grpc(req: &pingora_http::RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A trailers-only gRPC answer: `200`, `grpc-status` and `grpc-message` in the one header
+/// block, which ends the stream.
+pub fn grpc_response(http: u16, message: &str) -> ResponseHeader {
+    let mut h = ResponseHeader::build(200, Some(4)).expect("valid status");
+    let _ = h.insert_header(http::header::CONTENT_TYPE, "application/grpc");
+    let _ = h.insert_header("grpc-status", grpc_status(http).to_string());
+    let _ = h.insert_header("grpc-message", grpc_message(message));
+    h
+}
+
+impl Reject {
+    /// The refusal as a gRPC client expects it; the `WWW-Authenticate` challenge and rate-limit
+    /// headers go along as initial metadata.
+    pub fn grpc(&self) -> ResponseHeader {
+        let (plain, _) = self.response();
+        let mut h = grpc_response(self.status(), &self.description());
+        for name in [
+            http::header::WWW_AUTHENTICATE,
+            http::header::RETRY_AFTER,
+            http::header::CACHE_CONTROL,
+        ] {
+            if let Some(v) = plain.headers.get(&name) {
+                let _ = h.insert_header(name, v.clone());
+            }
+        }
+        h
+    }
+
+    /// The `error_description` of the JSON body.
+    pub fn description(&self) -> String {
+        let body: serde_json::Value = serde_json::from_str(&self.body()).unwrap_or_default();
+        body["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_answers() {
+        let r = Reject::Unauthorized {
+            realm: "x".into(),
+            error: AuthError::Expired,
+        };
+        let h = r.grpc();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.headers["grpc-status"], "16");
+        assert_eq!(h.headers["grpc-message"], "token expired");
+        assert!(h.headers.get(http::header::WWW_AUTHENTICATE).is_some());
+        assert_eq!(grpc_status(403), 7);
+        assert_eq!(grpc_status(429), 8);
+        assert_eq!(grpc_status(503), 14);
+        assert_eq!(grpc_message("a%b\né"), "a%25b%0A%C3%A9");
+    }
 
     #[test]
     fn challenges_follow_rfc6750() {

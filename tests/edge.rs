@@ -525,3 +525,45 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(statuses, [401]);
     assert_eq!(echo.hits(), 2);
 }
+
+/// A real WebSocket client and echo server (Python `websockets`) through a protected route
+/// with `websocket: true`: checked like any request, then frames both ways.
+#[test]
+fn websocket_on_a_protected_route() {
+    use std::io::BufRead;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ws_peer.py");
+    let mut server = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  ws: {{peers: [\"127.0.0.1:{port}\"]}}\nkeys:\n  k: {{secret: \"0123456789abcdef0123456789abcdef\"}}\nauth:\n  p: {{keys: k, algorithms: [HS256]}}\nroutes:\n  - {{prefix: /ws/, upstream: ws, auth: p, websocket: true}}\n  - {{prefix: /plain/, upstream: ws, auth: p}}\n"
+    ));
+    let client = |path: &str, token: Option<&str>| -> serde_json::Value {
+        let mut c = std::process::Command::new("python3");
+        c.arg(&script)
+            .arg("client")
+            .arg(format!("ws://{}{path}", gw.addr));
+        if let Some(t) = token {
+            c.arg(t);
+        }
+        let out = c.output().unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let t = token();
+    assert_eq!(client("/ws/chat", Some(&t)), json!({"echoed": [4, 4000]}));
+    assert_eq!(client("/ws/chat", None), json!({"status": 401}));
+    // Admitted, but the route does not relay upgrades: the upgrade is never made.
+    let r = client("/plain/chat", Some(&t));
+    assert!(r["status"].is_number() && r["status"] != 101, "{r}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -326,6 +326,19 @@ pub struct UpstreamConfig {
     pub tls: Option<TlsConfig>,
     /// Attempts per request when connections fail (default 2).
     pub tries: Option<usize>,
+    /// `h1` (default), `h2` (TLS with ALPN h2; needs `tls`), `h2c` (plaintext, prior knowledge).
+    pub protocol: Option<UpstreamProtocol>,
+    /// Concurrent streams per HTTP/2 connection to a peer (default 100).
+    pub max_streams: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    H1,
+    H2,
+    H2c,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The Pingora side: `Gateway` implements `ProxyHttp`, one thin call per phase.
 
 use crate::auth;
+use crate::config::UpstreamProtocol;
 use crate::edge;
 use crate::error::Reject;
 use crate::limit::{clock_nanos, LimitKey, RateLimiter};
@@ -11,6 +12,7 @@ use crate::reload::Live;
 use crate::upstream::HashKey;
 use async_trait::async_trait;
 use http::HeaderName;
+use pingora_core::protocols::http::HttpTask;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
@@ -129,7 +131,25 @@ fn claim_key(claims: &auth::Claims, name: &str) -> Vec<u8> {
     }
 }
 
+/// A trailers-only gRPC answer: one header block that ends the stream (Pingora's
+/// `write_response_header` would send the end in an empty DATA frame, which gRPC clients
+/// refuse).
+async fn write_grpc(session: &mut Session, mut h: pingora_http::ResponseHeader) -> Result<()> {
+    h.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session
+        .downstream_session
+        .response_duplex_vec(vec![HttpTask::Header(Box::new(h), true)])
+        .await?;
+    Ok(())
+}
+
 async fn respond(session: &mut Session, reject: &Reject) -> Result<bool> {
+    if crate::error::is_grpc(session.req_header()) {
+        // Trailers-only: a gRPC client reads grpc-status, not the HTTP status.
+        session.set_keepalive(None);
+        write_grpc(session, reject.grpc()).await?;
+        return Ok(true);
+    }
     let (header, body) = reject.response();
     // A refused request may carry a body we will not read: do not reuse the connection then.
     let has_body = session
@@ -250,6 +270,11 @@ impl ProxyHttp for Gateway {
         };
         peer.options.connection_timeout = Some(settings.connect_timeout);
         peer.options.read_timeout = Some(settings.read_timeout);
+        if settings.protocol != UpstreamProtocol::H1 {
+            // HTTP/2 only (ALPN h2 on TLS, prior knowledge on plaintext), multiplexed.
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = settings.max_streams;
+        }
         Ok(Box::new(peer))
     }
 
@@ -280,6 +305,38 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
         }
         e
+    }
+
+    /// Pingora's error answers, except to gRPC clients: a trailers-only answer with the
+    /// gRPC status for the HTTP one (502/503/504 → UNAVAILABLE).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Ctx,
+    ) -> pingora_proxy::FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                pingora_core::ErrorSource::Upstream => 502,
+                pingora_core::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        let grpc = crate::error::is_grpc(session.req_header());
+        if code > 0 && grpc && session.response_written().is_none() {
+            let h = crate::error::grpc_response(code, "upstream unavailable");
+            let _ = write_grpc(session, h).await;
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        pingora_proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_response_filter(

@@ -3,7 +3,7 @@
 
 use super::{HashKey, HealthCheck, HealthKind, PeerSettings, Pool, Tls, MAX_WEIGHT};
 use crate::config::{duration_field, Balance, Ctx, HealthCheckConfig, HealthKindConfig};
-use crate::config::{ConfigError, UpstreamConfig};
+use crate::config::{ConfigError, UpstreamConfig, UpstreamProtocol};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -116,11 +116,43 @@ fn peer_settings(path: &str, u: &UpstreamConfig, errors: &mut Vec<ConfigError>) 
         sni: t.sni.clone().unwrap_or_default(),
         verify: t.verify.unwrap_or(true),
     });
+    let protocol = u.protocol.unwrap_or_default();
+    match (protocol, &tls) {
+        (UpstreamProtocol::H2, None) => errors.push(ConfigError::new(
+            format!("{path}.protocol"),
+            "h2 is HTTP/2 over TLS: add tls (or use h2c for plaintext HTTP/2)",
+        )),
+        (UpstreamProtocol::H2c, Some(_)) => errors.push(ConfigError::new(
+            format!("{path}.protocol"),
+            "h2c is plaintext HTTP/2: remove tls (or use h2)",
+        )),
+        _ => {}
+    }
+    let max_streams = match (u.max_streams, protocol) {
+        (None, _) => d.max_streams,
+        (Some(_), UpstreamProtocol::H1) => {
+            errors.push(ConfigError::new(
+                format!("{path}.max_streams"),
+                "only applies to protocol: h2 or h2c",
+            ));
+            d.max_streams
+        }
+        (Some(n), _) if (1..=1000).contains(&n) => n,
+        (Some(n), _) => {
+            errors.push(ConfigError::new(
+                format!("{path}.max_streams"),
+                format!("{n} is out of range 1..=1000"),
+            ));
+            d.max_streams
+        }
+    };
     PeerSettings {
         connect_timeout,
         read_timeout,
         tls,
         tries,
+        protocol,
+        max_streams,
     }
 }
 
@@ -149,6 +181,13 @@ fn health_check(
                 ctx.error(
                     format!("{hpath}.kind"),
                     "http checks do not speak TLS yet: use kind: tcp for a TLS upstream",
+                );
+                return None;
+            }
+            if settings.protocol == UpstreamProtocol::H2c {
+                ctx.error(
+                    format!("{hpath}.kind"),
+                    "http checks speak HTTP/1.1: use kind: tcp for an h2c upstream",
                 );
                 return None;
             }

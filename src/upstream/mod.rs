@@ -36,7 +36,13 @@ pub struct PeerSettings {
     pub tls: Option<Tls>,
     /// Attempts per request: the first plus retries after a failed connection.
     pub tries: usize,
+    pub protocol: crate::config::UpstreamProtocol,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_streams: usize,
 }
+
+/// Streams per upstream HTTP/2 connection unless `max_streams` says otherwise.
+pub const DEFAULT_MAX_STREAMS: usize = 100;
 
 impl Default for PeerSettings {
     fn default() -> Self {
@@ -45,6 +51,8 @@ impl Default for PeerSettings {
             read_timeout: Duration::from_secs(60),
             tls: None,
             tries: 2,
+            protocol: crate::config::UpstreamProtocol::H1,
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }
