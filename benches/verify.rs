@@ -223,6 +223,7 @@ fn bench_access_log(c: &mut Criterion) {
                 }),
                 claims: claims.clone(),
                 auth_result: Some("ok"),
+                client_cert: None,
             })
         })
     });

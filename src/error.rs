@@ -32,6 +32,10 @@ pub enum AuthError {
     Revoked,
     /// The policy's remote keys have not been fetched yet: not the token's fault (503).
     KeysUnavailable,
+    /// The policy binds tokens to a client certificate (RFC 8705) and the connection has none.
+    CertificateRequired,
+    /// The token's `cnf.x5t#S256` is missing or is not the client certificate's.
+    CertificateMismatch,
 }
 
 impl AuthError {
@@ -55,6 +59,8 @@ impl AuthError {
             AuthError::ClaimNotForwardable => "claim cannot be forwarded",
             AuthError::Revoked => "token revoked",
             AuthError::KeysUnavailable => "signing keys are not available yet",
+            AuthError::CertificateRequired => "client certificate required",
+            AuthError::CertificateMismatch => "certificate binding mismatch",
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Live {
     /// One certificate resolver per `tls` profile, for the life of the process: TLS listeners
     /// are bound at start and keep theirs; reloads and file changes swap what it serves.
     pub tls: std::collections::BTreeMap<String, Arc<crate::tls::Resolver>>,
+    /// The client-certificate verifier of each profile with `client_auth`, likewise.
+    pub client_verifiers: std::collections::BTreeMap<String, Arc<crate::tls::ClientVerifier>>,
 }
 
 /// Start the access log writer a policy asks for, if any.
@@ -44,10 +46,19 @@ impl Live {
                 (name.clone(), r)
             })
             .collect();
+        let client_verifiers = policy
+            .tls
+            .iter()
+            .filter_map(|(name, p)| {
+                let c = p.client_auth.clone()?;
+                Some((name.clone(), crate::tls::ClientVerifier::new(c)))
+            })
+            .collect();
         Ok(Arc::new(Live {
             policy: ArcSwap::from_pointee(policy),
             access_log: ArcSwapOption::new(log),
             tls,
+            client_verifiers,
         }))
     }
 }
@@ -129,6 +140,13 @@ impl Reloader {
                 None => log::warn!(
                     "tls.{name} was removed: its listeners keep their certificates until a restart"
                 ),
+            }
+            let verifier = self.live.client_verifiers.get(name);
+            let client_auth = new.tls.get(name).and_then(|p| p.client_auth.clone());
+            match (verifier, client_auth) {
+                (Some(v), Some(c)) => v.install(c),
+                (None, None) => {}
+                _ => log::warn!("tls.{name}.client_auth was added or removed: restart to apply"),
             }
         }
         // The access log: keep the running writer unless its target or claims changed.

@@ -473,3 +473,155 @@ fn certificate_problems_are_check_errors_naming_the_file() {
         "{stderr}"
     );
 }
+
+/// A gateway whose TLS profile asks for client certificates from `client_ca`, with a route
+/// whose policy binds tokens to them (RFC 8705) and one whose policy does not.
+fn mtls_gateway(s: &Setup, client_ca: &Ca, required: bool, echo: &EchoServer) -> (Gateway, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        r#"server:
+  listen: [{{addr: "127.0.0.1:{port}", tls: edge}}]
+  threads: 1
+  admin: "127.0.0.1:{admin}"
+tls:
+  edge:
+    certificates: [{{cert: "{}", key: "{}"}}]
+    client_auth: {{ca: "{}", required: {required}}}
+upstreams:
+  api: {{peers: ["{}"]}}
+keys:
+  k: {{secret: "0123456789abcdef0123456789abcdef"}}
+auth:
+  bank: {{keys: k, algorithms: [HS256], require_certificate_binding: true}}
+  plain: {{keys: k, algorithms: [HS256]}}
+routes:
+  - {{prefix: /bank/, upstream: api, auth: bank}}
+  - {{prefix: /plain/, upstream: api, auth: plain}}
+access_log: {{path: "{}/access.log"}}
+"#,
+        s.api.cert.display(),
+        s.api.key.display(),
+        client_ca.pem.display(),
+        echo.addr,
+        s.dir.display()
+    );
+    (Gateway::start_raw(&yaml, port, admin), port)
+}
+
+#[test]
+fn certificate_bound_tokens_need_the_certificate_they_name() {
+    let s = setup();
+    let clients_dir = s.dir.join("clients");
+    std::fs::create_dir_all(&clients_dir).unwrap();
+    let clients = Ca::new(&clients_dir);
+    let (alice, alice_x5t) = clients.client(&clients_dir, "alice", "alice");
+    let (_bob, bob_x5t) = clients.client(&clients_dir, "bob", "bob");
+    let echo = echo();
+    let (gw, port) = mtls_gateway(&s, &clients, false, &echo);
+    let bound = |x5t: &str| {
+        hs256(
+            SECRET,
+            &json!({"sub": "alice", "exp": now() + 600, "cnf": {"x5t#S256": x5t}}),
+        )
+    };
+    let (ac, ak) = (alice.cert.to_str().unwrap(), alice.key.to_str().unwrap());
+    let req = |cert: bool, token: &str, path: &str| {
+        let h = format!("Authorization: Bearer {token}");
+        let mut args = vec!["--header", h.as_str(), "--get", path];
+        if cert {
+            args.extend(["--cert", ac, "--key", ak]);
+        }
+        client(port, &args)
+    };
+    // The certificate the token names: admitted.
+    assert_eq!(
+        req(true, &bound(&alice_x5t), "/bank/x")["statuses"],
+        json!([200])
+    );
+    // Another certificate's token, an unbound token, no certificate at all: 401.
+    let r = req(true, &bound(&bob_x5t), "/bank/x");
+    assert_eq!(r["statuses"], json!([401]));
+    assert!(
+        r["www_authenticate"]
+            .as_str()
+            .unwrap()
+            .contains("certificate binding mismatch"),
+        "{r}"
+    );
+    assert_eq!(req(true, &token(), "/bank/x")["statuses"], json!([401]));
+    let r = req(false, &bound(&alice_x5t), "/bank/x");
+    assert_eq!(r["statuses"], json!([401]));
+    assert!(
+        r["www_authenticate"]
+            .as_str()
+            .unwrap()
+            .contains("client certificate required"),
+        "{r}"
+    );
+    // A policy without binding does not care (client_auth is optional here).
+    assert_eq!(req(false, &token(), "/plain/x")["statuses"], json!([200]));
+    assert_eq!(echo.hits(), 2);
+    assert_eq!(
+        gw.metric(&format!(
+            "portcullis_tls_handshakes_total{{client_cert=\"yes\",listener=\"127.0.0.1:{port}\"}}"
+        )),
+        3.0
+    );
+    // The access log names the client certificate.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(s.dir.join("access.log")).unwrap_or_default();
+        let first = log
+            .lines()
+            .next()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap());
+        if let Some(line) = first {
+            assert_eq!(line["client_cert"]["subject"], "CN=alice", "{line}");
+            assert_eq!(line["client_cert"]["sha256"], alice_x5t);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no access log line");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn required_client_certificates_fail_the_handshake_without_one() {
+    let s = setup();
+    let clients_dir = s.dir.join("clients");
+    std::fs::create_dir_all(&clients_dir).unwrap();
+    let clients = Ca::new(&clients_dir);
+    let (alice, _) = clients.client(&clients_dir, "alice", "alice");
+    // A certificate from a CA the gateway does not trust.
+    let other_dir = s.dir.join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let (mallory, _) = Ca::new(&other_dir).client(&other_dir, "mallory", "mallory");
+    let echo = echo();
+    let (_gw, port) = mtls_gateway(&s, &clients, true, &echo);
+    let with = |c: &Leaf| {
+        client(
+            port,
+            &[
+                "--cert",
+                c.cert.to_str().unwrap(),
+                "--key",
+                c.key.to_str().unwrap(),
+                "--get",
+                "/plain/x",
+            ],
+        )
+    };
+    let r = with(&alice);
+    assert_eq!(
+        r["statuses"],
+        json!([401]),
+        "trusted: the request is made: {r}"
+    );
+    for r in [client(port, &["--get", "/plain/x"]), with(&mallory)] {
+        assert!(
+            r.get("error").is_some(),
+            "no certificate / untrusted: refused: {r}"
+        );
+    }
+    assert_eq!(echo.hits(), 0);
+}

@@ -2,7 +2,7 @@
 HTTP/1.1 requests on the one connection.
 
 Usage: tls_client.py PORT [--sni NAME] [--alpn P1,P2] [--tls 1.2|1.3] [--cafile F]
-                          [--get PATH]... [--pause SECONDS]
+                          [--cert F --key F] [--header "K: V"]... [--get PATH]... [--pause SECONDS]
 Prints one JSON object: version, alpn, cert_sha256 (of the leaf), and statuses of the requests.
 Certificates are not verified unless --cafile is given (the tests look at which one was sent).
 """
@@ -16,6 +16,7 @@ import time
 args = sys.argv[1:]
 port = int(args.pop(0))
 sni, alpn, version, cafile, gets, pause = None, None, None, None, [], 0.0
+cert, key, headers = None, None, []
 while args:
     flag = args.pop(0)
     value = args.pop(0)
@@ -31,6 +32,12 @@ while args:
         gets.append(value)
     elif flag == "--pause":
         pause = float(value)
+    elif flag == "--cert":
+        cert = value
+    elif flag == "--key":
+        key = value
+    elif flag == "--header":
+        headers.append(value)
     else:
         sys.exit(f"unknown flag {flag}")
 
@@ -42,6 +49,8 @@ else:
     ctx.verify_mode = ssl.CERT_NONE
 if alpn:
     ctx.set_alpn_protocols(alpn)
+if cert:
+    ctx.load_cert_chain(cert, key)
 if version == "1.2":
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
 elif version == "1.3":
@@ -57,14 +66,25 @@ except (ssl.SSLError, OSError) as e:
 out["version"] = s.version()
 out["alpn"] = s.selected_alpn_protocol()
 out["cert_sha256"] = hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+# Under TLS 1.3 a refused client certificate shows only on the first read or write (the
+# statuses, or "error"); with no requests, try a read to surface it.
 statuses = []
 f = s.makefile("rb")
 for i, path in enumerate(gets):
     if i > 0 and pause:
         time.sleep(pause)
     host = sni or "127.0.0.1"
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    status = f.readline().split(b" ")[1].decode()
+    extra = "".join(f"{h}\r\n" for h in headers)
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+        line = f.readline()
+    except (ssl.SSLError, OSError) as e:
+        out["error"] = str(e)
+        break
+    if not line:
+        out["error"] = "connection closed"
+        break
+    status = line.split(b" ")[1].decode()
     length = 0
     while True:
         line = f.readline()
@@ -73,6 +93,8 @@ for i, path in enumerate(gets):
         k, _, v = line.decode().partition(":")
         if k.strip().lower() == "content-length":
             length = int(v.strip())
+        if k.strip().lower() == "www-authenticate":
+            out["www_authenticate"] = v.strip()
     f.read(length)
     statuses.append(int(status))
 out["statuses"] = statuses

@@ -140,6 +140,7 @@ fn compile_policy(
         forward_payload,
         rules,
         cache,
+        require_certificate_binding: p.require_certificate_binding,
         metrics: crate::observe::metrics::PolicyMetrics::new(name),
     })
 }

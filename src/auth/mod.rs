@@ -105,6 +105,28 @@ pub fn check(
 
 /// `check`, and when the token names a `kid` that no key holds and the policies have remote key
 /// sets: one shared refetch (see `RemoteKeys::refetch_for_unknown_kid`), then `check` again.
+/// RFC 8705 §3: a certificate-bound token carries `cnf: {"x5t#S256": base64url(SHA-256 of the
+/// client certificate's DER)}`; `cert_sha256` is that digest of the connection's certificate.
+pub fn check_binding(claims: &Claims, cert_sha256: Option<&[u8]>) -> Result<(), AuthError> {
+    use base64::Engine;
+    let Some(digest) = cert_sha256.filter(|d| !d.is_empty()) else {
+        return Err(AuthError::CertificateRequired);
+    };
+    let bound = claims
+        .get("cnf")
+        .and_then(|c| c.get("x5t#S256"))
+        .and_then(|v| v.as_str())
+        .and_then(|s| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .ok()
+        });
+    match bound {
+        Some(b) if b == digest => Ok(()),
+        _ => Err(AuthError::CertificateMismatch),
+    }
+}
+
 pub async fn check_refetching(
     policies: &[Arc<Verifier>],
     req: &RequestHeader,

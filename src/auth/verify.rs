@@ -45,6 +45,8 @@ pub struct Verifier {
     pub rules: Vec<super::rules::Rule>,
     /// Verified tokens, when the policy caches them.
     pub cache: Option<TokenCache>,
+    /// RFC 8705 certificate-bound tokens only.
+    pub require_certificate_binding: bool,
     /// This policy's validation counters.
     pub metrics: crate::observe::metrics::PolicyMetrics,
 }
@@ -101,6 +103,7 @@ impl Verifier {
             forward_payload: None,
             rules: vec![],
             cache: None,
+            require_certificate_binding: false,
             metrics: crate::observe::metrics::PolicyMetrics::new(name),
         }
     }

@@ -301,6 +301,18 @@ impl TryFrom<Value> for ListenConfig {
 pub struct TlsProfileConfig {
     /// Chosen by SNI against each certificate's SAN names; the first is the default.
     pub certificates: Vec<CertificateConfig>,
+    /// Client certificates (mTLS).
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM: the CA certificates client certificates must chain to.
+    pub ca: String,
+    /// `true`: the handshake fails without a valid client certificate.
+    #[serde(default)]
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -459,6 +471,9 @@ pub struct PolicyConfig {
     pub cache: Option<bool>,
     /// Entries in the verified-token cache (default 65536).
     pub cache_size: Option<usize>,
+    /// RFC 8705: the token's `cnf.x5t#S256` must be the SHA-256 of the client certificate.
+    #[serde(default)]
+    pub require_certificate_binding: bool,
 }
 
 /// A required-claim rule: `claim` and exactly one of `contains`, `one_of`, `equals`.

@@ -72,6 +72,16 @@ pub struct Line<'a> {
     pub claims: Map<String, Value>,
     /// `ok`, `missing`, `invalid`, `expired`, `forbidden`, `revoked`; null on public routes.
     pub auth_result: Option<&'static str>,
+    /// The verified client certificate (mTLS), if the connection presented one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<ClientCertInfo<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct ClientCertInfo<'a> {
+    pub subject: &'a str,
+    /// base64url SHA-256 of the certificate (the `x5t#S256` a bound token names).
+    pub sha256: String,
 }
 
 #[derive(Serialize)]

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub jwks_fetches: IntCounterVec,
     pub tls_certificate_expiry: IntGaugeVec,
     pub tls_certificate_reloads: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,6 +112,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "portcullis_tls_certificate_reloads_total",
             "Certificate reloads after a file changed on disk, by profile and result (ok, error).",
             &["profile", "result"],
+        )?,
+        tls_handshakes: counter(
+            "portcullis_tls_handshakes_total",
+            "Completed TLS handshakes, by listener and whether a client certificate was verified.",
+            &["listener", "client_cert"],
         )?,
         access_log_dropped: {
             let c = IntCounter::new(

@@ -78,6 +78,16 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     };
     let routes = routes::compile(&cfg.routes, &targets, &ctx);
     warn_unused_keys(&ctx);
+    if !tls.values().any(|p| p.client_auth.is_some()) {
+        for v in policies.verifiers.values() {
+            if v.require_certificate_binding {
+                ctx.warn(format!(
+                    "auth.{}.require_certificate_binding: no tls profile has client_auth, so every token this policy sees is refused",
+                    v.name
+                ));
+            }
+        }
+    }
 
     let (errors, warnings) = ctx.finish();
     if !errors.is_empty() {

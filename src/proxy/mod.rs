@@ -5,7 +5,7 @@ use crate::config::UpstreamProtocol;
 use crate::edge;
 use crate::error::Reject;
 use crate::limit::{clock_nanos, LimitKey, RateLimiter};
-use crate::observe::access_log::{now_rfc3339, JwtInfo, Line};
+use crate::observe::access_log::{now_rfc3339, ClientCertInfo, JwtInfo, Line};
 use crate::observe::metrics::{metrics, no_route_metrics};
 use crate::policy::{Policy, Route};
 use crate::reload::Live;
@@ -83,6 +83,18 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
         return raw.find(']').map(|i| &raw[..=i]);
     }
     Some(raw.rsplit_once(':').map_or(raw, |(h, _)| h))
+}
+
+/// The verified client certificate of this connection, if any (mTLS).
+fn client_cert(session: &Session) -> Option<&crate::tls::ClientCert> {
+    let ssl = session.digest()?.ssl_digest.as_deref()?;
+    ssl.extension.get::<crate::tls::ClientCert>()
+}
+
+/// SHA-256 of the verified client certificate of this connection, if any (mTLS).
+fn client_cert_digest(session: &Session) -> Option<&[u8]> {
+    let ssl = session.digest()?.ssl_digest.as_deref()?;
+    Some(ssl.cert_digest.as_slice())
 }
 
 /// Take a token from a limiter, or say (and count) why not.
@@ -439,6 +451,18 @@ impl Gateway {
         }
         let (which, checked) =
             auth::check_refetching(&route.auth, req, policy.revocation.as_deref()).await;
+        let checked = match checked {
+            Ok(p) if route.auth[which].require_certificate_binding => {
+                match auth::check_binding(&p.token.claims, client_cert_digest(session)) {
+                    Ok(()) => Ok(p),
+                    Err(error) => Err(Reject::Unauthorized {
+                        realm: route.auth[which].realm.clone(),
+                        error,
+                    }),
+                }
+            }
+            other => other,
+        };
         let result = match &checked {
             Ok(_) => "ok",
             Err(r) => r.auth_result(),
@@ -488,6 +512,13 @@ impl Gateway {
             }),
             claims: ctx.log_claims.clone(),
             auth_result: ctx.auth_result,
+            client_cert: client_cert(session).map(|c| ClientCertInfo {
+                subject: &c.subject,
+                sha256: {
+                    use base64::Engine;
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&c.sha256)
+                },
+            }),
         });
     }
 }

@@ -5,12 +5,42 @@ pub mod settings;
 
 pub use settings::{ListenKind, Listener, Settings};
 
-/// Pingora's TLS settings want callbacks to be given; portcullis needs none (certificates come
-/// from its resolver, which Pingora asks on every handshake).
-struct NoCallbacks;
+/// After each completed handshake on a TLS listener: count it, and attach the client
+/// certificate (if one was presented and verified) to the connection for the request path.
+/// (Certificates come from our resolver, which Pingora asks on every handshake.)
+struct Handshakes {
+    ok_with_cert: prometheus::IntCounter,
+    ok_without: prometheus::IntCounter,
+}
+
+impl Handshakes {
+    fn new(listener: &str) -> Handshakes {
+        let m = &crate::observe::metrics::metrics().tls_handshakes;
+        Handshakes {
+            ok_with_cert: m.with_label_values(&[listener, "yes"]),
+            ok_without: m.with_label_values(&[listener, "no"]),
+        }
+    }
+}
 
 #[async_trait]
-impl TlsAccept for NoCallbacks {}
+impl TlsAccept for Handshakes {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora_core::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        match tls.peer_certificate_der() {
+            Some(der) => {
+                self.ok_with_cert.inc();
+                Some(Arc::new(crate::tls::ClientCert::from_der(der)))
+            }
+            None => {
+                self.ok_without.inc();
+                None
+            }
+        }
+    }
+}
 
 use crate::edge::redirect::Redirect;
 use crate::observe::Admin;
@@ -89,9 +119,13 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
                 let resolver = live.tls.get(profile).cloned().ok_or_else(|| {
                     std::io::Error::other(format!("tls profile {profile} is not loaded"))
                 })?;
-                let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                let callbacks = Box::new(Handshakes::new(&l.addr.to_string()));
+                let mut settings = TlsSettings::with_callbacks(callbacks)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 settings.set_cert_resolver(resolver);
+                if let Some(v) = live.client_verifiers.get(profile) {
+                    settings.set_client_cert_verifier(v.clone());
+                }
                 if http2 {
                     settings.enable_h2();
                 }

@@ -7,8 +7,10 @@
 //! certificate serving (logged, counted in `portcullis_tls_certificate_reloads_total`).
 
 pub mod certs;
+pub mod client;
 
 pub use certs::{CertStore, Certificate};
+pub use client::{ClientAuth, ClientCert, ClientVerifier};
 
 use crate::config::{Ctx, TlsProfileConfig};
 use crate::observe::metrics::metrics;
@@ -29,6 +31,8 @@ pub struct Profile {
     pub name: String,
     pub pairs: Vec<(PathBuf, PathBuf)>,
     pub store: CertStore,
+    /// Client certificates (mTLS), when the profile asks for them.
+    pub client_auth: Option<Arc<ClientAuth>>,
 }
 
 /// The `tls` section. A profile with any certificate that does not load is an error naming
@@ -68,13 +72,19 @@ pub fn compile(
             }
             pairs.push((cert, key));
         }
-        if certs.len() == p.certificates.len() {
+        let client_auth = p
+            .client_auth
+            .as_ref()
+            .map(|c| client::compile(c, &format!("tls.{name}.client_auth"), ctx).map(Arc::new));
+        let client_ok = client_auth.as_ref().is_none_or(|c| c.is_some());
+        if certs.len() == p.certificates.len() && client_ok {
             out.insert(
                 name.clone(),
                 Arc::new(Profile {
                     name: name.clone(),
                     pairs,
                     store: CertStore::new(certs),
+                    client_auth: client_auth.flatten(),
                 }),
             );
         }
@@ -97,6 +107,7 @@ impl Profile {
             name: self.name.clone(),
             pairs: self.pairs.clone(),
             store: CertStore::new(certs),
+            client_auth: self.client_auth.clone(),
         })
     }
 }

@@ -59,3 +59,34 @@ impl Ca {
         }
     }
 }
+
+impl Ca {
+    /// A client certificate (subject CN `cn`); returns it with the base64url SHA-256 that a
+    /// bound token's `cnf.x5t#S256` carries.
+    pub fn client(&self, dir: &Path, file: &str, cn: &str) -> (Leaf, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cp, kp) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cp, cert.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der());
+        use base64::Engine;
+        let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref());
+        (
+            Leaf {
+                cert: cp,
+                key: kp,
+                sha256: sha256_hex(cert.der()),
+            },
+            x5t,
+        )
+    }
+}
