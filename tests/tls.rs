@@ -625,3 +625,77 @@ fn required_client_certificates_fail_the_handshake_without_one() {
     }
     assert_eq!(echo.hits(), 0);
 }
+
+/// The same refusals over HTTP/1.1 and h2: status, challenge, rate-limit headers and body.
+#[test]
+fn refusals_are_identical_over_http1_and_h2() {
+    let s = setup();
+    let echo = echo();
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        r#"server:
+  listen: [{{addr: "127.0.0.1:{port}", tls: edge}}]
+  threads: 1
+  admin: "127.0.0.1:{admin}"
+tls:
+  edge: {{certificates: [{{cert: "{}", key: "{}"}}]}}
+upstreams:
+  api: {{peers: ["{}"]}}
+keys:
+  k: {{secret: "0123456789abcdef0123456789abcdef"}}
+auth:
+  p: {{keys: k, algorithms: [HS256], require: [{{claim: scope, contains: [admin]}}]}}
+  q: {{keys: k, algorithms: [HS256]}}
+rate_limits:
+  one: {{key: "claim:sub", rate: 1/m, burst: 1}}
+routes:
+  - {{prefix: /admin/, upstream: api, auth: p}}
+  - {{prefix: /limited/, upstream: api, auth: q, rate_limit: one}}
+"#,
+        s.api.cert.display(),
+        s.api.key.display(),
+        echo.addr
+    );
+    let _gw = Gateway::start_raw(&yaml, port, admin);
+    let reader = hs256(SECRET, &json!({"sub": "r", "scope": "read", "exp": now() + 600}));
+    // (status, the headers that matter, body), lower-cased names.
+    let seen = |path: &str, token: Option<&str>, version: &str| {
+        let h = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec![version];
+        if let Some(h) = &h {
+            args.extend(["-H", h.as_str()]);
+        }
+        let (code, _, text) = curl(&s.ca, "api.example.com", port, path, &args);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut hs: Vec<String> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| format!("{}: {}", k.trim().to_ascii_lowercase(), v.trim()))
+            .filter(|l| {
+                ["www-authenticate", "content-type", "retry-after", "ratelimit-", "cache-control"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect();
+        hs.sort();
+        (code, hs, body.to_string())
+    };
+    let a = seen("/admin/x", None, "--http1.1");
+    assert_eq!(a.0, 401);
+    assert_eq!(a, seen("/admin/x", None, "--http2"));
+    let b = seen("/admin/x", Some(&reader), "--http1.1");
+    assert_eq!(b.0, 403);
+    assert_eq!(b, seen("/admin/x", Some(&reader), "--http2"));
+    // One request per minute: the first passes, then two 429s, one per protocol.
+    assert_eq!(seen("/limited/x", Some(&reader), "--http1.1").0, 200);
+    let c = seen("/limited/x", Some(&reader), "--http1.1");
+    assert_eq!(c.0, 429);
+    let d = seen("/limited/x", Some(&reader), "--http2");
+    assert_eq!((d.0, &d.2), (429, &c.2));
+    let names = |v: &[String]| -> Vec<String> {
+        v.iter().map(|l| l.split(':').next().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(&c.1), names(&d.1), "{c:?} vs {d:?}");
+    assert_eq!(echo.hits(), 1);
+}

@@ -86,6 +86,7 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
+    crate::tls::install_provider();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

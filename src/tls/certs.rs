@@ -2,7 +2,6 @@
 //! fit the certificate), with the names and validity read from the leaf; and the store a TLS
 //! profile serves from, which picks a certificate by SNI.
 
-use rustls::crypto::ring::sign::any_supported_type;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
@@ -50,7 +49,7 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Certificate, (Which, St
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| (Which::Key, format!("{key_path:?}: invalid PEM: {e}")))?
         .ok_or_else(|| (Which::Key, format!("{key_path:?} holds no private key")))?;
-    let signing = any_supported_type(&key).map_err(|e| {
+    let signing = super::provider().key_provider.load_private_key(key).map_err(|e| {
         (
             Which::Key,
             format!("{key_path:?}: unsupported private key: {e}"),

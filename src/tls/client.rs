@@ -44,8 +44,8 @@ pub fn compile(c: &ClientAuthConfig, path: &str, ctx: &Ctx) -> Option<ClientAuth
         );
         return None;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider().clone());
     let builder = if c.required {
         builder
     } else {

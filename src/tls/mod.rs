@@ -25,6 +25,25 @@ use std::time::{Duration, SystemTime};
 /// How often certificate files are looked at.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// The rustls crypto provider for every TLS listener: aws-lc-rs, or ring with
+/// `PORTCULLIS_TLS_PROVIDER=ring` (for comparisons; see docs/performance.md).
+pub fn provider() -> &'static Arc<rustls::crypto::CryptoProvider> {
+    static P: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        Arc::new(match std::env::var("PORTCULLIS_TLS_PROVIDER").as_deref() {
+            Ok("ring") => rustls::crypto::ring::default_provider(),
+            _ => rustls::crypto::aws_lc_rs::default_provider(),
+        })
+    })
+}
+
+/// Make `provider()` the process default before Pingora builds a listener (it installs ring
+/// only when no default is set).
+pub fn install_provider() {
+    let _ = rustls::crypto::CryptoProvider::install_default((**provider()).clone());
+}
+
 /// One compiled profile: the files it comes from and the certificates loaded from them.
 #[derive(Debug)]
 pub struct Profile {

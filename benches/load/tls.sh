@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# TLS and HTTP/2 side by side: portcullis (rustls; aws-lc-rs, and ring for comparison), nginx
+# (OpenSSL) and HAProxy (OpenSSL), one ECDSA P-256 certificate, the same loopback nginx
+# upstream (HTTP/1.1 keep-alive behind every proxy). Rows:
+#   - HTTPS keep-alive with an HS256 token (wrk -t1 -c64): portcullis verifies it, HAProxy
+#     jwt_verify verifies it, nginx proxies without a check (the ceiling);
+#   - new TLS connections per second: full handshakes (openssl s_time -new, no resumption) and
+#     resumed ones (wrk with Connection: close: OpenSSL keeps the session across reconnects);
+#   - HTTP/2 over TLS, 64 streams over 4 connections (h2load -c4 -m16).
+# The proxies are pinned to core 0 with one worker thread each; the clients and the upstream
+# share core 1. Every row is measured ROUNDS times next to its peer rows; the report gives each
+# row's median round and the median of the per-round ratios.
+#
+# Needs: a release build, and Debian's nginx haproxy wrk nghttp2-client openssl (it installs
+# nothing and stops everything it started).
+# Usage: benches/load/tls.sh       (DURATION=10 seconds, CONNECTIONS=64, ROUNDS=3 by default)
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh"
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+SECRET="benchmark-secret-benchmark-secret-0123456789"
+need nginx haproxy wrk h2load openssl taskset curl python3
+
+start_upstream "$LOAD_CORE"
+TOKEN=$("$BIN" token --secret "$SECRET" --alg HS256 --sub user-1234567890 --ttl 2h)
+
+# --- one ECDSA P-256 certificate for all three ------------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy.pem"
+
+# --- portcullis, twice: aws-lc-rs (the default) and ring ----------------------------------------
+portcullis_conf() { # portcullis_conf FILE PORT
+    cat >"$1" <<EOF
+server: {listen: [{addr: "127.0.0.1:$2", tls: bench}], threads: 1}
+tls:
+  bench: {certificates: [{cert: "$WORK/cert.pem", key: "$WORK/key.pem"}]}
+upstreams:
+  api: {peers: ["127.0.0.1:$UP"]}
+keys:
+  hs: {secret: "$SECRET"}
+auth:
+  hs: {keys: hs, algorithms: [HS256]}
+routes:
+  - {prefix: /hs/, upstream: api, auth: hs}
+  - {prefix: /, upstream: api}
+EOF
+}
+GW=$(port); GW_RING=$(port)
+portcullis_conf "$WORK/portcullis.yaml" "$GW"
+portcullis_conf "$WORK/portcullis-ring.yaml" "$GW_RING"
+
+# --- nginx: TLS, h2, plain proxy ----------------------------------------------------------------
+NG=$(port)
+nginx_conf proxy "    upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 10000000; }
+    server {
+        listen 127.0.0.1:$NG ssl http2;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_session_cache shared:SSL:10m;
+        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }"
+
+# --- HAProxy: TLS (h2 and http/1.1 by ALPN), jwt_verify HS256 with the algorithm pinned ----------
+HA=$(port)
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+backend be
+    http-reuse always
+    server s1 127.0.0.1:$UP
+frontend tls
+    bind 127.0.0.1:$HA ssl crt $WORK/haproxy.pem alpn h2,http/1.1
+    http-request deny deny_status 401 unless { req.hdr(authorization) -m found }
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny deny_status 401 unless { var(txn.alg) -m str HS256 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$SECRET") -m int 1 }
+    default_backend be
+EOF
+
+start "$PROXY_CORE" "$WORK/portcullis.log" "$BIN" run -c "$WORK/portcullis.yaml"
+start "$PROXY_CORE" "$WORK/portcullis-ring.log" env PORTCULLIS_TLS_PROVIDER=ring "$BIN" run -c "$WORK/portcullis-ring.yaml"
+start "$PROXY_CORE" "$WORK/nginx.log" nginx -c "$WORK/proxy.conf" -p "$WORK"
+start "$PROXY_CORE" "$WORK/haproxy.log" haproxy -f "$WORK/haproxy.cfg" -db
+for p in "$GW" "$GW_RING" "$NG" "$HA"; do wait_port "$p"; done
+
+# --- correctness first: every row's URL answers as it should -------------------------------------
+expect() { # expect CODE URL [curl args]
+    local want=$1 url=$2
+    shift 2
+    local got
+    got=$(curl -sk -o /dev/null -w '%{http_code}' "$@" "$url")
+    [ "$got" = "$want" ] || { echo "correctness: $url gave $got, expected $want" >&2; exit 1; }
+}
+AUTH="Authorization: Bearer $TOKEN"
+for base in "https://127.0.0.1:$GW/hs" "https://127.0.0.1:$GW_RING/hs" "https://127.0.0.1:$HA"; do
+    expect 200 "$base/x" -H "$AUTH"
+    expect 401 "$base/x"
+    expect 200 "$base/x" -H "$AUTH" --http2
+done
+expect 200 "https://127.0.0.1:$NG/x" --http2
+
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+record() { # record NAME VALUE UNIT
+    printf '%s\t%s\t%s\t%s\n' "$round" "$1" "$2" "$3" >>"$RESULTS"
+    printf 'round %s  %-40s %10s %s\n' "$round" "$1" "$2" "$3" >&2
+}
+keepalive() { # keepalive NAME URL [TOKEN]
+    local out rps non2xx
+    if [ -n "${3:-}" ]; then
+        out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Authorization: Bearer $3" "$2")
+    else
+        out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$2")
+    fi
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+    [ -z "$non2xx" ] || { echo "$1: $non2xx non-2xx responses" >&2; exit 1; }
+    rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+    record "$1" "$rps" "req/s"
+}
+resumed() { # resumed NAME URL [TOKEN]: a new connection per request, sessions resumed
+    local out rps
+    if [ -n "${3:-}" ]; then
+        out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Connection: close" -H "Authorization: Bearer $3" "$2")
+    else
+        out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Connection: close" "$2")
+    fi
+    rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+    record "$1" "$rps" "conn/s"
+}
+full() { # full NAME PORT: full handshakes per second, no resumption, from PARALLEL clients
+    # (one s_time waits on every round trip; many keep the server busy)
+    local i total=0 clients=()
+    for i in $(seq "${PARALLEL:-16}"); do
+        taskset -c "$LOAD_CORE" openssl s_time -connect "127.0.0.1:$2" -new -time "$DURATION" \
+            >"$WORK/s_time.$i" 2>/dev/null &
+        clients+=($!)
+    done
+    wait "${clients[@]}"
+    for i in $(seq "${PARALLEL:-16}"); do
+        total=$(awk -v t="$total" '/connections in .* real seconds/ {t += $1 / $4; exit} END {printf "%.0f", t}' "$WORK/s_time.$i")
+    done
+    record "$1" "$total" "conn/s"
+}
+h2() { # h2 NAME URL [TOKEN]: 64 streams over 4 connections
+    local out rps
+    if [ -n "${3:-}" ]; then
+        out=$(taskset -c "$LOAD_CORE" h2load -c4 -m16 -D "$DURATION" -H "Authorization: Bearer $3" "$2")
+    else
+        out=$(taskset -c "$LOAD_CORE" h2load -c4 -m16 -D "$DURATION" "$2")
+    fi
+    grep -q "status codes: .* 0 3xx, 0 4xx, 0 5xx" <<<"$out" || { echo "$1: $(grep 'status codes' <<<"$out")" >&2; exit 1; }
+    rps=$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")
+    record "$1" "$rps" "req/s"
+}
+
+echo "measuring ($ROUNDS rounds, ${DURATION}s per row)..." >&2
+for round in $(seq "$ROUNDS"); do
+    keepalive "https keep-alive nginx (no auth)" "https://127.0.0.1:$NG/x"
+    keepalive "https keep-alive haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
+    keepalive "https keep-alive portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
+    keepalive "https keep-alive portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+    full "full handshakes nginx" "$NG"
+    full "full handshakes haproxy" "$HA"
+    full "full handshakes portcullis" "$GW"
+    full "full handshakes portcullis ring" "$GW_RING"
+    resumed "resumed connections nginx" "https://127.0.0.1:$NG/x"
+    resumed "resumed connections haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
+    resumed "resumed connections portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
+    resumed "resumed connections portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+    h2 "h2 nginx (no auth)" "https://127.0.0.1:$NG/x"
+    h2 "h2 haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
+    h2 "h2 portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
+    h2 "h2 portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+done
+
+# --- report: each row's median round, and median per-round ratios to nginx ------------------------
+echo
+printf '%-42s %10s  %s\n' "row" "median" "rounds"
+awk -F'\t' '!seen[$2]++ {print $2}' "$RESULTS" | while IFS= read -r name; do
+    vals=$(awk -F'\t' -v n="$name" '$2==n {print $3}' "$RESULTS" | sort -n | tr '\n' ' ')
+    med=$(awk -F'\t' -v n="$name" '$2==n {print $3}' "$RESULTS" | sort -n | awk -v r="$ROUNDS" 'NR == int((r + 1) / 2)')
+    unit=$(awk -F'\t' -v n="$name" '$2==n {print $4; exit}' "$RESULTS")
+    printf '%-42s %10s  %s(%s)\n' "$name" "$med $unit" "$vals" "$unit"
+done
+echo
+echo "Ratios to the nginx row of the same kind (median of per-round ratios):"
+ratio() { # ratio ROW PEER
+    awk -F'\t' -v a="$1" -v b="$2" '$2==a {x[$1]=$3} $2==b {y[$1]=$3}
+        END { n=0; for (r in x) if (y[r] > 0) v[++n] = x[r] / y[r];
+              for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t=v[i]; v[i]=v[j]; v[j]=t }
+              if (n) printf "%.2f", v[int((n + 1) / 2)]; else printf "-" }' "$RESULTS"
+}
+for kind in "https keep-alive|nginx (no auth)|HS256" "full handshakes|nginx|" \
+    "resumed connections|nginx|HS256" "h2|nginx (no auth)|HS256"; do
+    IFS='|' read -r prefix peer_name suffix <<<"$kind"
+    for who in "haproxy" "portcullis" "portcullis ring"; do
+        row="$prefix $who${suffix:+ $suffix}"
+        printf '  %-42s %s x %s\n' "$row" "$(ratio "$row" "$prefix $peer_name")" "$prefix $peer_name"
+    done
+done
