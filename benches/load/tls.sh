@@ -4,8 +4,8 @@
 # upstream (HTTP/1.1 keep-alive behind every proxy). Rows:
 #   - HTTPS keep-alive with an HS256 token (wrk -t1 -c64): portcullis verifies it, HAProxy
 #     jwt_verify verifies it, nginx proxies without a check (the ceiling);
-#   - new TLS connections per second: full handshakes (openssl s_time -new, no resumption) and
-#     resumed ones (wrk with Connection: close: OpenSSL keeps the session across reconnects);
+#   - new TLS connections per second, one request each: full handshakes (h2load, which keeps no
+#     session) and resumed ones (wrk: OpenSSL keeps the session across its reconnects);
 #   - HTTP/2 over TLS, 64 streams over 4 connections (h2load -c4 -m16).
 # The proxies are pinned to core 0 with one worker thread each; the clients and the upstream
 # share core 1. Every row is measured ROUNDS times next to its peer rows; the report gives each
@@ -24,6 +24,8 @@ PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 SECRET="benchmark-secret-benchmark-secret-0123456789"
 need nginx haproxy wrk h2load openssl taskset curl python3
+# ONLY="full h2" runs only the rows of those kinds (keepalive, full, resumed, h2).
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 start_upstream "$LOAD_CORE"
 TOKEN=$("$BIN" token --secret "$SECRET" --alg HS256 --sub user-1234567890 --ttl 2h)
@@ -140,19 +142,15 @@ resumed() { # resumed NAME URL [TOKEN]: a new connection per request, sessions r
     rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
     record "$1" "$rps" "conn/s"
 }
-full() { # full NAME PORT: full handshakes per second, no resumption, from PARALLEL clients
-    # (one s_time waits on every round trip; many keep the server busy)
-    local i total=0 clients=()
-    for i in $(seq "${PARALLEL:-16}"); do
-        taskset -c "$LOAD_CORE" openssl s_time -connect "127.0.0.1:$2" -new -time "$DURATION" \
-            >"$WORK/s_time.$i" 2>/dev/null &
-        clients+=($!)
-    done
-    wait "${clients[@]}"
-    for i in $(seq "${PARALLEL:-16}"); do
-        total=$(awk -v t="$total" '/connections in .* real seconds/ {t += $1 / $4; exit} END {printf "%.0f", t}' "$WORK/s_time.$i")
-    done
-    record "$1" "$total" "conn/s"
+full() { # full NAME URL [TOKEN]: a new connection and a full handshake per request (h2load keeps
+    # no sessions); HTTP/1.1 with Connection: close, 64 clients
+    local out rps auth=()
+    [ -z "${3:-}" ] || auth=(-H "Authorization: Bearer $3")
+    # (a fixed count: h2load's -D does not end when every connection is closed by the server)
+    out=$(taskset -c "$LOAD_CORE" h2load --h1 -c"$CONNECTIONS" -n "${HANDSHAKES:-20000}" -H "Connection: close" "${auth[@]}" "$2")
+    grep -q "status codes: .* 0 3xx, 0 4xx, 0 5xx" <<<"$out" || { echo "$1: $(grep 'status codes' <<<"$out")" >&2; exit 1; }
+    rps=$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")
+    record "$1" "$rps" "conn/s"
 }
 h2() { # h2 NAME URL [TOKEN]: 64 streams over 4 connections
     local out rps
@@ -168,22 +166,30 @@ h2() { # h2 NAME URL [TOKEN]: 64 streams over 4 connections
 
 echo "measuring ($ROUNDS rounds, ${DURATION}s per row)..." >&2
 for round in $(seq "$ROUNDS"); do
-    keepalive "https keep-alive nginx (no auth)" "https://127.0.0.1:$NG/x"
-    keepalive "https keep-alive haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
-    keepalive "https keep-alive portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
-    keepalive "https keep-alive portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
-    full "full handshakes nginx" "$NG"
-    full "full handshakes haproxy" "$HA"
-    full "full handshakes portcullis" "$GW"
-    full "full handshakes portcullis ring" "$GW_RING"
-    resumed "resumed connections nginx" "https://127.0.0.1:$NG/x"
-    resumed "resumed connections haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
-    resumed "resumed connections portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
-    resumed "resumed connections portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
-    h2 "h2 nginx (no auth)" "https://127.0.0.1:$NG/x"
-    h2 "h2 haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
-    h2 "h2 portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
-    h2 "h2 portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+    if want keepalive; then
+        keepalive "https keep-alive nginx (no auth)" "https://127.0.0.1:$NG/x"
+        keepalive "https keep-alive haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
+        keepalive "https keep-alive portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
+        keepalive "https keep-alive portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+    fi
+    if want full; then
+        full "full handshakes nginx" "https://127.0.0.1:$NG/x"
+        full "full handshakes haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
+        full "full handshakes portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
+        full "full handshakes portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+    fi
+    if want resumed; then
+        resumed "resumed connections nginx" "https://127.0.0.1:$NG/x"
+        resumed "resumed connections haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
+        resumed "resumed connections portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
+        resumed "resumed connections portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+    fi
+    if want h2; then
+        h2 "h2 nginx (no auth)" "https://127.0.0.1:$NG/x"
+        h2 "h2 haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
+        h2 "h2 portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
+        h2 "h2 portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+    fi
 done
 
 # --- report: each row's median round, and median per-round ratios to nginx ------------------------
@@ -203,7 +209,7 @@ ratio() { # ratio ROW PEER
               for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t=v[i]; v[i]=v[j]; v[j]=t }
               if (n) printf "%.2f", v[int((n + 1) / 2)]; else printf "-" }' "$RESULTS"
 }
-for kind in "https keep-alive|nginx (no auth)|HS256" "full handshakes|nginx|" \
+for kind in "https keep-alive|nginx (no auth)|HS256" "full handshakes|nginx|HS256" \
     "resumed connections|nginx|HS256" "h2|nginx (no auth)|HS256"; do
     IFS='|' read -r prefix peer_name suffix <<<"$kind"
     for who in "haproxy" "portcullis" "portcullis ring"; do
