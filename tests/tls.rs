@@ -657,7 +657,10 @@ routes:
         echo.addr
     );
     let _gw = Gateway::start_raw(&yaml, port, admin);
-    let reader = hs256(SECRET, &json!({"sub": "r", "scope": "read", "exp": now() + 600}));
+    let reader = hs256(
+        SECRET,
+        &json!({"sub": "r", "scope": "read", "exp": now() + 600}),
+    );
     // (status, the headers that matter, body), lower-cased names.
     let seen = |path: &str, token: Option<&str>, version: &str| {
         let h = token.map(|t| format!("Authorization: Bearer {t}"));
@@ -673,9 +676,15 @@ routes:
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| format!("{}: {}", k.trim().to_ascii_lowercase(), v.trim()))
             .filter(|l| {
-                ["www-authenticate", "content-type", "retry-after", "ratelimit-", "cache-control"]
-                    .iter()
-                    .any(|p| l.starts_with(p))
+                [
+                    "www-authenticate",
+                    "content-type",
+                    "retry-after",
+                    "ratelimit-",
+                    "cache-control",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
             })
             .collect();
         hs.sort();
@@ -694,7 +703,9 @@ routes:
     let d = seen("/limited/x", Some(&reader), "--http2");
     assert_eq!((d.0, &d.2), (429, &c.2));
     let names = |v: &[String]| -> Vec<String> {
-        v.iter().map(|l| l.split(':').next().unwrap().to_string()).collect()
+        v.iter()
+            .map(|l| l.split(':').next().unwrap().to_string())
+            .collect()
     };
     assert_eq!(names(&c.1), names(&d.1), "{c:?} vs {d:?}");
     assert_eq!(echo.hits(), 1);

@@ -49,12 +49,15 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Certificate, (Which, St
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| (Which::Key, format!("{key_path:?}: invalid PEM: {e}")))?
         .ok_or_else(|| (Which::Key, format!("{key_path:?} holds no private key")))?;
-    let signing = super::provider().key_provider.load_private_key(key).map_err(|e| {
-        (
-            Which::Key,
-            format!("{key_path:?}: unsupported private key: {e}"),
-        )
-    })?;
+    let signing = super::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| {
+            (
+                Which::Key,
+                format!("{key_path:?}: unsupported private key: {e}"),
+            )
+        })?;
     let (names, not_before, not_after) =
         leaf_facts(&chain[0]).map_err(|e| (Which::Cert, format!("{cert_path:?}: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);

@@ -28,8 +28,7 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// The rustls crypto provider for every TLS listener: aws-lc-rs, or ring with
 /// `PORTCULLIS_TLS_PROVIDER=ring` (for comparisons; see docs/performance.md).
 pub fn provider() -> &'static Arc<rustls::crypto::CryptoProvider> {
-    static P: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
-        std::sync::OnceLock::new();
+    static P: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> = std::sync::OnceLock::new();
     P.get_or_init(|| {
         Arc::new(match std::env::var("PORTCULLIS_TLS_PROVIDER").as_deref() {
             Ok("ring") => rustls::crypto::ring::default_provider(),
