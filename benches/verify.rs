@@ -170,6 +170,10 @@ fn bench_routes(c: &mut Criterion) {
                 pre_auth_limits: vec![],
                 post_auth_limits: vec![],
                 websocket: false,
+                rewrite: None,
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+                cors: None,
                 metrics: portcullis::observe::metrics::RouteMetrics::new("bench"),
             },
         )
@@ -223,6 +227,9 @@ fn bench_access_log(c: &mut Criterion) {
                 }),
                 claims: claims.clone(),
                 auth_result: Some("ok"),
+                client_ip: None,
+                request_id: None,
+                trace_id: None,
                 client_cert: None,
             })
         })

@@ -208,6 +208,13 @@ fn auth_behaves_the_same_over_h2_and_h2c() {
         .collect();
     assert_eq!(hosts.len(), 1, "{doc}");
     assert_eq!(hosts[0][1], format!("api.example.com:{port}"));
+    let proto: Vec<&Value> = doc["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "x-forwarded-proto")
+        .collect();
+    assert_eq!(proto, [&json!(["x-forwarded-proto", "https"])], "{doc}");
 
     // h2c with prior knowledge on the plain listener, HTTP/1.1 on the same port.
     let h2c = |extra: &[&str]| {

@@ -14,8 +14,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Headers that carry framing, routing or credentials: never set from a claim.
-const RESERVED_HEADERS: &[&str] = &[
+/// Headers that carry framing, routing or credentials: never set from a claim or a header rule.
+pub const RESERVED_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "transfer-encoding",

@@ -196,6 +196,45 @@ pub struct ServerConfig {
     /// Header names with `_`: `drop` (default), `allow` or `reject` (400).
     #[serde(default)]
     pub headers_with_underscores: HeadersWithUnderscores,
+    /// Address blocks whose `X-Forwarded-For` (and `X-Forwarded-Proto`/`-Host`) is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// The request id header (default `X-Request-Id`, generated).
+    pub request_id: Option<RequestIdConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdConfig {
+    pub header: Option<String>,
+    /// Keep a well-formed id the client sent (default false: always generate).
+    #[serde(default)]
+    pub trust_incoming: bool,
+}
+
+/// `request_headers` / `response_headers` of a route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesConfig {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    pub origins: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub credentials: bool,
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -235,6 +274,8 @@ impl Default for ServerConfig {
             encoded_slashes: EncodedSlashesConfig::default(),
             path_semicolons: PathSemicolons::default(),
             headers_with_underscores: HeadersWithUnderscores::default(),
+            trusted_proxies: Vec::new(),
+            request_id: None,
         }
     }
 }
@@ -536,6 +577,11 @@ pub struct RouteConfig {
     /// Relay `Upgrade: websocket` on this route (default false: `Upgrade` is removed).
     #[serde(default)]
     pub websocket: bool,
+    /// Replaces the matched prefix upstream: `/api/v1/x?q` -> `/v1/x?q`.
+    pub rewrite: Option<String>,
+    pub request_headers: Option<HeaderRulesConfig>,
+    pub response_headers: Option<HeaderRulesConfig>,
+    pub cors: Option<CorsConfig>,
 }
 
 /// A config file read from disk, with the folder that relative paths resolve against.

@@ -5,7 +5,12 @@
 //! canonical form (in place, so that the upstream is sent exactly what was routed) and applies
 //! the header-name rules. `strip_upgrade` runs once the route is known.
 
+pub mod client_ip;
+pub mod cors;
+pub mod forward;
+pub mod headers;
 pub mod redirect;
+pub mod request_id;
 pub mod target;
 
 pub use target::{canonical_host, canonical_target, EncodedSlashes, PathRules, Target};
@@ -34,12 +39,36 @@ pub enum Underscores {
 pub struct EdgeRules {
     pub path: PathRules,
     pub underscores: Underscores,
+    pub trusted: client_ip::Trusted,
+    pub request_id: request_id::RequestIdRules,
 }
 
 /// The edge fields of the `server` section.
-pub fn compile(s: &crate::config::ServerConfig) -> EdgeRules {
+pub fn compile(s: &crate::config::ServerConfig, ctx: &crate::config::Ctx) -> EdgeRules {
     use crate::config::{EncodedSlashesConfig, HeadersWithUnderscores, PathSemicolons};
+    let mut trusted = Vec::new();
+    for (i, t) in s.trusted_proxies.iter().enumerate() {
+        match client_ip::Cidr::parse(t) {
+            Ok(c) => trusted.push(c),
+            Err(e) => ctx.error(format!("server.trusted_proxies[{i}]"), e),
+        }
+    }
+    let mut request_id = request_id::RequestIdRules::default();
+    if let Some(r) = &s.request_id {
+        request_id.trust_incoming = r.trust_incoming;
+        if let Some(h) = &r.header {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => request_id.header = n,
+                Err(_) => ctx.error(
+                    "server.request_id.header",
+                    format!("invalid header name {h:?}"),
+                ),
+            }
+        }
+    }
     EdgeRules {
+        trusted: client_ip::Trusted(trusted),
+        request_id,
         path: PathRules {
             encoded_slashes: match s.encoded_slashes {
                 EncodedSlashesConfig::Reject => EncodedSlashes::Reject,

@@ -59,6 +59,12 @@ pub struct Line<'a> {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
     pub remote_addr: Option<String>,
+    /// The client's address after `server.trusted_proxies` (the peer's when it is not one).
+    pub client_ip: Option<String>,
+    pub request_id: Option<&'a str>,
+    /// The trace id of an incoming W3C `traceparent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
     pub method: &'a str,
     /// The path without the query string (a query may carry a token).
     pub path: &'a str,

@@ -58,7 +58,7 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     let ctx = Ctx::new(loaded);
     let cfg = ctx.config();
     let server = crate::server::settings::compile(&cfg.server, &ctx);
-    let edge = crate::edge::compile(&cfg.server);
+    let edge = crate::edge::compile(&cfg.server, &ctx);
     let tls = crate::tls::compile(&cfg.tls, &ctx);
     let upstreams = crate::upstream::compile::compile(&cfg.upstreams, &ctx);
     let key_sets = crate::auth::keys::compile(&cfg.keys, &ctx, previous.map(|p| &p.key_sets));

@@ -3,10 +3,13 @@
 
 use crate::auth::Verifier;
 use crate::config::{Ctx, RouteConfig};
+use crate::edge::cors::Cors;
+use crate::edge::headers::{HeaderRules, Template};
 use crate::edge::{canonical_prefix, PathRules};
 use crate::error::Reject;
 use crate::limit::{LimitKey, RateLimiter};
 use crate::upstream::{HashKey, Pool};
+use http::HeaderName;
 use http::Method;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -84,6 +87,11 @@ pub struct Route {
     pub post_auth_limits: Vec<Arc<RateLimiter>>,
     /// `Upgrade: websocket` is relayed (else `Upgrade` is removed).
     pub websocket: bool,
+    /// The upstream path starts with this instead of `prefix`.
+    pub rewrite: Option<String>,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+    pub cors: Option<Cors>,
     pub metrics: crate::observe::metrics::RouteMetrics,
 }
 
@@ -143,6 +151,14 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// The first route of the most specific place (prefix and host) for a path, whatever the
+    /// method: for a CORS preflight announcing a method that no route there allows.
+    pub fn find_place(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(r.prefix.as_str()) && r.host.matches(host))
     }
 
     /// Find the route for a request. `host` is the request host without port.
@@ -257,12 +273,14 @@ fn compile_route(r: &RouteConfig, t: &Targets<'_>, ctx: &Ctx) -> Option<Route> {
             );
         }
     }
+    let edge = route_edge(&path, r, t.path_rules, ctx);
     // A route whose policy or limit failed is never built: fail closed.
     let complete = auth.len() == policy_names.len()
         && pre_auth_limits.len() + post_auth_limits.len() == limit_names.len();
     if ctx.error_count() != before || !complete {
         return None;
     }
+    let edge = edge?;
     let id = route_id(&host, &r.prefix, methods.as_deref());
     Some(Route {
         prefix: r.prefix.clone(),
@@ -273,8 +291,100 @@ fn compile_route(r: &RouteConfig, t: &Targets<'_>, ctx: &Ctx) -> Option<Route> {
         pre_auth_limits,
         post_auth_limits,
         websocket: r.websocket,
+        rewrite: edge.rewrite,
+        request_headers: edge.request_headers,
+        response_headers: edge.response_headers,
+        cors: edge.cors,
         metrics: crate::observe::metrics::RouteMetrics::new(&id),
         id,
+    })
+}
+
+struct RouteEdge {
+    rewrite: Option<String>,
+    request_headers: HeaderRules,
+    response_headers: HeaderRules,
+    cors: Option<Cors>,
+}
+
+/// `rewrite`, `request_headers`, `response_headers` and `cors` of a route; `None` on an error.
+fn route_edge(path: &str, r: &RouteConfig, rules: PathRules, ctx: &Ctx) -> Option<RouteEdge> {
+    let before = ctx.error_count();
+    if let Some(rw) = &r.rewrite {
+        if !rw.starts_with('/') {
+            ctx.error(
+                format!("{path}.rewrite"),
+                format!("{rw:?} must start with /"),
+            );
+        } else if let Err(e) = canonical_prefix(rw, rules) {
+            ctx.error(format!("{path}.rewrite"), e);
+        } else if rw.ends_with('/') != r.prefix.ends_with('/') {
+            ctx.error(
+                format!("{path}.rewrite"),
+                format!(
+                    "{rw:?} replaces the prefix {:?}: end both with / or neither, or paths would gain or lose a slash",
+                    r.prefix
+                ),
+            );
+        }
+    }
+    let header_rules = |field: &str, c: &Option<crate::config::HeaderRulesConfig>| {
+        let mut out = HeaderRules::default();
+        let Some(c) = c else { return out };
+        let name = |f: String, h: &str| match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) if crate::auth::compile::RESERVED_HEADERS.contains(&n.as_str()) => {
+                ctx.error(f, format!("{h:?} carries framing, routing or credentials: it cannot be set or removed here"));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                ctx.error(f, format!("invalid header name {h:?}"));
+                None
+            }
+        };
+        for (h, v) in &c.set {
+            let f = format!("{path}.{field}.set.{h}");
+            let Some(n) = name(f.clone(), h) else {
+                continue;
+            };
+            match Template::parse(v) {
+                Ok(t) => out.set.push((n, t)),
+                Err(e) => ctx.error(f, e),
+            }
+        }
+        for (i, h) in c.remove.iter().enumerate() {
+            if let Some(n) = name(format!("{path}.{field}.remove[{i}]"), h) {
+                out.remove.push(n);
+            }
+        }
+        out
+    };
+    let request_headers = header_rules("request_headers", &r.request_headers);
+    let response_headers = header_rules("response_headers", &r.response_headers);
+    let cors = r.cors.as_ref().and_then(|c| {
+        let max_age = crate::config::duration_field(
+            format!("{path}.cors.max_age"),
+            &c.max_age,
+            std::time::Duration::from_secs(600),
+            std::time::Duration::ZERO..=std::time::Duration::from_secs(86400),
+            &mut ctx.errors(),
+        );
+        Cors::new(
+            &c.origins,
+            &c.methods,
+            &c.headers,
+            &c.expose_headers,
+            c.credentials,
+            max_age,
+        )
+        .map_err(|(field, e)| ctx.error(format!("{path}.cors.{field}"), e))
+        .ok()
+    });
+    (ctx.error_count() == before).then_some(RouteEdge {
+        rewrite: r.rewrite.clone(),
+        request_headers,
+        response_headers,
+        cors,
     })
 }
 
@@ -402,6 +512,10 @@ mod tests {
             pre_auth_limits: vec![],
             post_auth_limits: vec![],
             websocket: false,
+            rewrite: None,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            cors: None,
             metrics: crate::observe::metrics::RouteMetrics::new(prefix),
         }
     }

@@ -57,6 +57,19 @@ pub struct Ctx {
     pub access_log: Option<Arc<crate::observe::AccessLog>>,
     /// For a pool hashing on a claim: the claim's value.
     pub hash_key: Vec<u8>,
+    /// The client's address (after `trusted_proxies`), the connection's peer, and whether
+    /// that peer is a trusted proxy.
+    pub client_ip: Option<IpAddr>,
+    pub peer_ip: Option<IpAddr>,
+    pub trusted_peer: bool,
+    /// This request's id (sent upstream, returned on every answer, logged).
+    pub request_id: Option<http::HeaderValue>,
+    /// The W3C trace id of an incoming `traceparent`, for the access log.
+    pub trace_id: Option<String>,
+    /// The `Origin` of a cross-origin request on a route with `cors`.
+    pub cors_origin: Option<Vec<u8>>,
+    /// The route's `request_headers`, rendered at admission.
+    pub set_headers: Vec<(HeaderName, http::HeaderValue)>,
 }
 
 impl Drop for Ctx {
@@ -113,12 +126,8 @@ fn admit(limiter: &RateLimiter, key: &[u8]) -> std::result::Result<(), Reject> {
 }
 
 /// The client IP's bytes (4 or 16), or nothing if unknown.
-fn ip_key(session: &Session) -> Vec<u8> {
-    match session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-    {
+fn ip_key(ip: Option<IpAddr>) -> Vec<u8> {
+    match ip {
         Some(IpAddr::V4(ip)) => ip.octets().to_vec(),
         Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
         None => Vec::new(),
@@ -155,14 +164,116 @@ async fn write_grpc(session: &mut Session, mut h: pingora_http::ResponseHeader) 
     Ok(())
 }
 
-async fn respond(session: &mut Session, reject: &Reject) -> Result<bool> {
+/// Who the client is and which request this is: client IP (after `trusted_proxies`), request
+/// id, trace id. Before anything can refuse the request, so every answer carries the id.
+fn identify(session: &Session, ctx: &mut Ctx, rules: &edge::EdgeRules) {
+    let req = session.req_header();
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    ctx.peer_ip = peer;
+    ctx.trusted_peer = peer.is_some_and(|p| rules.trusted.contains(p));
+    ctx.client_ip = peer.map(|p| {
+        if ctx.trusted_peer {
+            let xff = req
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes());
+            rules.trusted.client_ip(p, xff)
+        } else {
+            p
+        }
+    });
+    let rid = &rules.request_id;
+    ctx.request_id = Some(match req.headers.get(&rid.header) {
+        Some(v) if rid.trust_incoming && edge::request_id::well_formed(v.as_bytes()) => v.clone(),
+        _ => edge::request_id::generate(),
+    });
+    ctx.trace_id = req
+        .headers
+        .get("traceparent")
+        .and_then(|t| edge::request_id::trace_id(t.as_bytes()))
+        .map(str::to_owned);
+}
+
+/// A CORS preflight on a route with `cors`: answered here, before auth (browsers never send
+/// the token on one), never sent upstream. The route is the one the request it announces
+/// (`Access-Control-Request-Method`) would take.
+fn preflight(
+    session: &Session,
+    ctx: &mut Ctx,
+    policy: &Policy,
+    match_path: Option<&str>,
+) -> Option<pingora_http::ResponseHeader> {
+    let req = session.req_header();
+    let edge::cors::Ask::Preflight { origin, method } = edge::cors::ask(req) else {
+        return None;
+    };
+    let path = match_path.unwrap_or(req.uri.path());
+    let host = request_host(req);
+    let route = match policy.routes.find(host, path, &method) {
+        Ok(r) => r,
+        Err(_) => policy.routes.find_place(host, path)?,
+    };
+    let answer = route.cors.as_ref()?.preflight(origin, &method);
+    ctx.route = Some(route.clone());
+    Some(answer)
+}
+
+/// Write an answer of the gateway's own (no body), decorated like every other.
+async fn answer(
+    session: &mut Session,
+    ctx: &Ctx,
+    mut header: pingora_http::ResponseHeader,
+) -> Result<bool> {
+    header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    decoration(session, ctx).apply(&mut header);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(None, true).await?;
+    Ok(true)
+}
+
+/// What every answer to this request gets: request id, CORS, the route's response headers.
+fn decoration<'a>(session: &'a Session, ctx: &'a Ctx) -> edge::forward::Decoration<'a> {
+    let policy = ctx.policy.as_deref();
+    let route = ctx.route.as_deref();
+    edge::forward::Decoration {
+        request_id: policy
+            .zip(ctx.request_id.as_ref())
+            .map(|(p, id)| (&p.edge.request_id.header, id)),
+        cors: route
+            .and_then(|r| r.cors.as_ref())
+            .zip(ctx.cors_origin.as_deref()),
+        rules: route
+            .filter(|r| !r.response_headers.is_empty())
+            .map(|r| (&r.response_headers, values(session, ctx))),
+    }
+}
+
+fn values<'a>(session: &'a Session, ctx: &'a Ctx) -> edge::headers::Values<'a> {
+    edge::headers::Values {
+        claims: ctx.token.as_deref().map(|t| &t.claims),
+        req: session.req_header(),
+        client_ip: ctx.client_ip,
+        request_id: ctx.request_id.as_ref(),
+    }
+}
+
+async fn respond(session: &mut Session, ctx: &Ctx, reject: &Reject) -> Result<bool> {
     if crate::error::is_grpc(session.req_header()) {
         // Trailers-only: a gRPC client reads grpc-status, not the HTTP status.
         session.set_keepalive(None);
-        write_grpc(session, reject.grpc()).await?;
+        let mut h = reject.grpc();
+        decoration(session, ctx).apply(&mut h);
+        write_grpc(session, h).await?;
         return Ok(true);
     }
-    let (header, body) = reject.response();
+    let (mut header, body) = reject.response();
+    decoration(session, ctx).apply(&mut header);
     // A refused request may carry a body we will not read: do not reuse the connection then.
     let has_body = session
         .req_header()
@@ -208,6 +319,13 @@ impl ProxyHttp for Gateway {
             auth_result: None,
             jwt: None,
             log_claims: serde_json::Map::new(),
+            client_ip: None,
+            peer_ip: None,
+            trusted_peer: false,
+            request_id: None,
+            trace_id: None,
+            cors_origin: None,
+            set_headers: Vec::new(),
         }
     }
 
@@ -220,12 +338,16 @@ impl ProxyHttp for Gateway {
         ctx.access_log = self.live.access_log.load_full();
         // The canonical target and host first: everything after decides on them, and the
         // upstream is sent them.
+        identify(session, ctx, &policy.edge);
         let admitted = match edge::normalise(
             session.req_header_mut(),
             &policy.edge,
             &policy.strip_headers,
         ) {
             Ok(n) => {
+                if let Some(preflight) = preflight(session, ctx, &policy, n.match_path.as_deref()) {
+                    return answer(session, ctx, preflight).await;
+                }
                 self.admit_request(session, ctx, &policy, n.match_path.as_deref())
                     .await
             }
@@ -238,7 +360,7 @@ impl ProxyHttp for Gateway {
                 }
                 Ok(false)
             }
-            Err(reject) => respond(session, &reject).await,
+            Err(reject) => respond(session, ctx, &reject).await,
         }
     }
 
@@ -252,7 +374,7 @@ impl ProxyHttp for Gateway {
             None => Vec::new(),
             Some(HashKey::Claim(_)) => std::mem::take(&mut ctx.hash_key),
             Some(HashKey::Header(h)) => limit_key_header(session.req_header(), h),
-            Some(HashKey::Ip) => ip_key(session),
+            Some(HashKey::Ip) => ip_key(ctx.client_ip),
         };
         let chosen = pool.select(&key, &ctx.failed);
         if matches!(pool.hash_key, Some(HashKey::Claim(_))) {
@@ -340,10 +462,16 @@ impl ProxyHttp for Gateway {
         };
         let grpc = crate::error::is_grpc(session.req_header());
         if code > 0 && grpc && session.response_written().is_none() {
-            let h = crate::error::grpc_response(code, "upstream unavailable");
+            let mut h = crate::error::grpc_response(code, "upstream unavailable");
+            decoration(session, _ctx).apply(&mut h);
             let _ = write_grpc(session, h).await;
         } else if code > 0 {
-            let _ = session.respond_error(code).await;
+            let mut h = pingora_core::protocols::http::error_resp::gen_error_response(code);
+            decoration(session, _ctx).apply(&mut h);
+            let _ = session
+                .downstream_session
+                .write_error_response(h, bytes::Bytes::new())
+                .await;
         }
         pingora_proxy::FailToProxy {
             error_code: code,
@@ -360,6 +488,7 @@ impl ProxyHttp for Gateway {
         if let (Some(t), Some(route)) = (ctx.upstream_start, &ctx.route) {
             route.upstream.duration.observe(t.elapsed().as_secs_f64());
         }
+        decoration(_session, ctx).apply(_upstream_response);
         Ok(())
     }
 
@@ -409,6 +538,39 @@ impl ProxyHttp for Gateway {
                 upstream_request.insert_header(h.clone(), v.clone())?;
             }
         }
+        edge::forward::forwarded(
+            upstream_request,
+            &edge::forward::Origin {
+                peer: ctx.peer_ip,
+                client: ctx.client_ip,
+                trusted_peer: ctx.trusted_peer,
+                tls: _session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            },
+        )?;
+        if let (Some(p), Some(id)) = (&ctx.policy, &ctx.request_id) {
+            upstream_request.insert_header(p.edge.request_id.header.clone(), id.clone())?;
+        }
+        if let Some(route) = &ctx.route {
+            // A header the route sets never comes from the client, even when its template has
+            // nothing to set it from this time.
+            let rules = &route.request_headers;
+            for h in rules.remove.iter().chain(rules.set.iter().map(|(h, _)| h)) {
+                upstream_request.remove_header(h);
+            }
+            for (h, v) in &ctx.set_headers {
+                upstream_request.insert_header(h.clone(), v.clone())?;
+            }
+            if let Some(rw) = &route.rewrite {
+                let pq = upstream_request
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str());
+                let target = edge::forward::rewritten(pq, &route.prefix, rw);
+                let uri = http::Uri::try_from(target)
+                    .map_err(|e| Error::because(ErrorType::InternalError, "rewrite", e))?;
+                upstream_request.set_uri(uri);
+            }
+        }
         // HTTP/1.0 may come without a Host (and is routed without one); the upstream is spoken
         // to in HTTP/1.1, which needs one: the peer's address, as nginx's `$proxy_host`.
         if !upstream_request.headers.contains_key(http::header::HOST) {
@@ -438,16 +600,21 @@ impl Gateway {
             .find(request_host(req), path, &req.method)?
             .clone();
         ctx.route = Some(route.clone());
+        if route.cors.is_some() {
+            if let edge::cors::Ask::Actual { origin } = edge::cors::ask(req) {
+                ctx.cors_origin = Some(origin.to_vec());
+            }
+        }
         // Limits keyed on the client: before any verification work.
         for limiter in &route.pre_auth_limits {
             let key = match &limiter.key {
                 LimitKey::Header(h) => limit_key_header(req, h),
-                _ => ip_key(session),
+                _ => ip_key(ctx.client_ip),
             };
             admit(limiter, &key)?;
         }
         if route.auth.is_empty() {
-            return Ok(());
+            return self.render_headers(session, ctx, &route);
         }
         let (which, checked) =
             auth::check_refetching(&route.auth, req, policy.revocation.as_deref()).await;
@@ -490,7 +657,33 @@ impl Gateway {
             ctx.hash_key = claim_key(&token.claims, c);
         }
         ctx.token = Some(passed.token);
-        Ok(())
+        self.render_headers(session, ctx, &route)
+    }
+
+    /// The route's `request_headers`, made now so that a value that cannot be a header
+    /// refuses the request before it goes anywhere.
+    fn render_headers(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> std::result::Result<(), Reject> {
+        if route.request_headers.set.is_empty() {
+            return Ok(());
+        }
+        match route.request_headers.render(&values(session, ctx)) {
+            Ok(set) => {
+                ctx.set_headers = set;
+                Ok(())
+            }
+            Err(_) => Err(match route.auth.first() {
+                Some(v) => Reject::Unauthorized {
+                    realm: v.realm.clone(),
+                    error: crate::error::AuthError::ClaimNotForwardable,
+                },
+                None => Reject::BadRequest("a header value cannot be made from this request"),
+            }),
+        }
     }
 
     fn log_request(&self, session: &Session, ctx: &Ctx, status: u16) {
@@ -499,6 +692,9 @@ impl Gateway {
         log.log(&Line {
             time: now_rfc3339(),
             remote_addr: session.client_addr().map(|a| a.to_string()),
+            client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+            request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            trace_id: ctx.trace_id.as_deref(),
             method: req.method.as_str(),
             path: req.uri.path(),
             status,

@@ -1,0 +1,102 @@
+//! Request ids: one per request, generated (UUID v4) unless the client's may be trusted and is
+//! well formed; sent upstream, returned to the client on every answer, logged.
+
+use http::{HeaderName, HeaderValue};
+
+/// `server.request_id`.
+#[derive(Debug, Clone)]
+pub struct RequestIdRules {
+    pub header: HeaderName,
+    pub trust_incoming: bool,
+}
+
+impl Default for RequestIdRules {
+    fn default() -> Self {
+        RequestIdRules {
+            header: HeaderName::from_static("x-request-id"),
+            trust_incoming: false,
+        }
+    }
+}
+
+/// 1 to 128 of `A-Z a-z 0-9 - _ . :` — what ids from other proxies look like, and nothing
+/// that could split a log line or a header.
+pub fn well_formed(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A random UUID v4.
+pub fn generate() -> HeaderValue {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // The system RNG failing is not the request's fault; a time-based id still correlates.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b = t.to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[(byte >> 4) as usize];
+        out[o + 1] = HEX[(byte & 15) as usize];
+        o += 2;
+    }
+    HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
+pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(traceparent).ok()?;
+    let mut parts = s.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(version, 2)
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0'))
+    .then_some(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(well_formed(a.as_bytes()));
+        assert!(well_formed(b"req-123:abc.DEF_9"));
+        for bad in [&b""[..], b"a b", b"a\r\nb", b"x,y", &[b'a'; 129]] {
+            assert!(!well_formed(bad));
+        }
+    }
+
+    #[test]
+    fn traceparents() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(tp), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            trace_id(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id(b"junk"), None);
+    }
+}
