@@ -114,6 +114,10 @@ pub enum Reject {
     MethodNotAllowed { allow: String },
     /// The request itself is unacceptable (e.g. dot segments in the path).
     BadRequest(&'static str),
+    /// 413: the body is larger than `server.limits.max_body_bytes`.
+    PayloadTooLarge,
+    /// 431: the request header is larger than `server.limits.max_header_bytes`.
+    HeaderTooLarge,
 }
 
 /// Quote a string for an HTTP quoted-string (RFC 9110 §5.6.4).
@@ -140,6 +144,8 @@ impl Reject {
             Reject::NotFound => 404,
             Reject::MethodNotAllowed { .. } => 405,
             Reject::BadRequest(_) => 400,
+            Reject::PayloadTooLarge => 413,
+            Reject::HeaderTooLarge => 431,
         }
     }
 
@@ -187,6 +193,11 @@ impl Reject {
             Reject::NotFound => ("not_found", "no route matches this request"),
             Reject::MethodNotAllowed { .. } => ("method_not_allowed", "method not allowed here"),
             Reject::BadRequest(why) => ("bad_request", *why),
+            Reject::PayloadTooLarge => ("payload_too_large", "request body too large"),
+            Reject::HeaderTooLarge => (
+                "request_header_fields_too_large",
+                "request header too large",
+            ),
         };
         // Both strings are fixed text without quotes or backslashes.
         format!("{{\"error\":\"{error}\",\"error_description\":\"{description}\"}}")
@@ -230,13 +241,13 @@ impl Reject {
 /// reports), as Envoy maps them, except 429 → RESOURCE_EXHAUSTED.
 pub fn grpc_status(http: u16) -> u8 {
     match http {
-        400 => 3,        // INVALID_ARGUMENT
-        401 => 16,       // UNAUTHENTICATED
-        403 => 7,        // PERMISSION_DENIED
-        404 | 405 => 12, // UNIMPLEMENTED
-        429 => 8,        // RESOURCE_EXHAUSTED
-        502..=504 => 14, // UNAVAILABLE
-        _ => 2,          // UNKNOWN
+        400 => 3,             // INVALID_ARGUMENT
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        404 | 405 => 12,      // UNIMPLEMENTED
+        413 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+        502..=504 => 14,      // UNAVAILABLE
+        _ => 2,               // UNKNOWN
     }
 }
 

@@ -393,3 +393,72 @@ fn rewrite_and_header_rule_config_errors() {
         ],
     );
 }
+
+#[test]
+fn header_and_body_limits() {
+    use std::io::{Read, Write};
+    let echo = echo();
+    let gw = Gateway::start(&format!(
+        "  limits: {{max_header_bytes: 2KiB, max_body_bytes: 1KiB, idle_timeout: 1s}}\nupstreams:\n  api: {{peers: [\"{}\"]}}\nroutes:\n  - {{prefix: /, upstream: api}}\n",
+        echo.addr
+    ));
+    let big = "x".repeat(3000);
+    let r = gw.get("/x", &[("X-Big", &big)]);
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"], "request_header_fields_too_large");
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(gw.get("/x", &[("X-Small", "y")]).status, 200);
+    // A declared length over the limit: 413 at once.
+    let r = request(gw.addr, "POST", "/x", &[], Some(&[b'a'; 2000]));
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        request(gw.addr, "POST", "/x", &[], Some(&[b'a'; 900])).status,
+        200
+    );
+    let hits = echo.hits();
+    // A chunked body that crosses it on the way: 413, and the upstream never gets a whole
+    // request.
+    let mut raw = String::from(
+        "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for _ in 0..4 {
+        raw.push_str(&format!("258\r\n{}\r\n", "b".repeat(600)));
+    }
+    raw.push_str("0\r\n\r\n");
+    let r = raw_request(gw.addr, raw.as_bytes()).expect("an answer");
+    assert_eq!(r.status, 413);
+    assert_eq!(echo.hits(), hits);
+
+    // An idle keep-alive connection is closed after idle_timeout.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let waited = t.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(800)
+            && waited < std::time::Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn limit_config_errors() {
+    let err = check_refuses_yaml(
+        "server:\n  limits: {max_header_bytes: 12 parsecs, max_body_bytes: 2TiB, idle_timeout: 0s}\nupstreams:\n  a: {peers: [\"127.0.0.1:1\"]}\nroutes:\n  - {prefix: /, upstream: a}\n",
+    );
+    assert_errors(
+        &err,
+        &[
+            ("server.limits.max_header_bytes", "unknown unit"),
+            ("server.limits.max_body_bytes", "unknown unit"),
+            ("server.limits.idle_timeout", "out of range"),
+        ],
+    );
+}

@@ -201,6 +201,45 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// The request id header (default `X-Request-Id`, generated).
     pub request_id: Option<RequestIdConfig>,
+    /// Bounds on what a client may send and hold.
+    pub limits: Option<LimitsConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Request line and headers, e.g. `32KiB` (default 64KiB): larger is 431.
+    pub max_header_bytes: Option<String>,
+    /// Request body, e.g. `10MiB` (default 10MiB): larger is 413.
+    pub max_body_bytes: Option<String>,
+    /// An idle keep-alive connection is closed after this (default 60s).
+    pub idle_timeout: Option<String>,
+}
+
+/// `512`, `32KiB`, `10MiB`, `1GiB`, `64KB`, `1MB`: bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: a number and a unit, like 32KiB or 10MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +315,7 @@ impl Default for ServerConfig {
             headers_with_underscores: HeadersWithUnderscores::default(),
             trusted_proxies: Vec::new(),
             request_id: None,
+            limits: None,
         }
     }
 }

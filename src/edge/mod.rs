@@ -41,6 +41,83 @@ pub struct EdgeRules {
     pub underscores: Underscores,
     pub trusted: client_ip::Trusted,
     pub request_id: request_id::RequestIdRules,
+    pub limits: Limits,
+}
+
+/// `server.limits`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 << 10,
+            max_body_bytes: 10 << 20,
+            idle_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// The request line and headers as they were on the wire, give or take a few bytes.
+pub fn header_bytes(req: &RequestHeader) -> usize {
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    req.method.as_str().len() + req.raw_path().len() + 12 + headers
+}
+
+fn limits(l: &crate::config::LimitsConfig, ctx: &crate::config::Ctx) -> Limits {
+    use crate::config::parse_size;
+    let d = Limits::default();
+    let size =
+        |field: &str, v: &Option<String>, default: u64, range: std::ops::RangeInclusive<u64>| {
+            let Some(v) = v else { return default };
+            match parse_size(v) {
+                Ok(n) if range.contains(&n) => n,
+                Ok(n) => {
+                    ctx.error(
+                        format!("server.limits.{field}"),
+                        format!(
+                            "{n} bytes is out of range {}..={}",
+                            range.start(),
+                            range.end()
+                        ),
+                    );
+                    default
+                }
+                Err(e) => {
+                    ctx.error(format!("server.limits.{field}"), e);
+                    default
+                }
+            }
+        };
+    Limits {
+        max_header_bytes: size(
+            "max_header_bytes",
+            &l.max_header_bytes,
+            d.max_header_bytes as u64,
+            1024..=(1 << 20),
+        ) as usize,
+        max_body_bytes: size(
+            "max_body_bytes",
+            &l.max_body_bytes,
+            d.max_body_bytes,
+            0..=(1 << 40),
+        ),
+        idle_timeout: crate::config::duration_field(
+            "server.limits.idle_timeout".into(),
+            &l.idle_timeout,
+            d.idle_timeout,
+            std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600),
+            &mut ctx.errors(),
+        ),
+    }
 }
 
 /// The edge fields of the `server` section.
@@ -67,6 +144,11 @@ pub fn compile(s: &crate::config::ServerConfig, ctx: &crate::config::Ctx) -> Edg
         }
     }
     EdgeRules {
+        limits: s
+            .limits
+            .as_ref()
+            .map(|l| limits(l, ctx))
+            .unwrap_or_default(),
         trusted: client_ip::Trusted(trusted),
         request_id,
         path: PathRules {

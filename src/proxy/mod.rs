@@ -70,6 +70,8 @@ pub struct Ctx {
     pub cors_origin: Option<Vec<u8>>,
     /// The route's `request_headers`, rendered at admission.
     pub set_headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// Request body bytes seen so far (for `max_body_bytes` on bodies of unknown length).
+    pub body_bytes: u64,
 }
 
 impl Drop for Ctx {
@@ -161,6 +163,27 @@ async fn write_grpc(session: &mut Session, mut h: pingora_http::ResponseHeader) 
         .downstream_session
         .response_duplex_vec(vec![HttpTask::Header(Box::new(h), true)])
         .await?;
+    Ok(())
+}
+
+/// `server.limits` that can be judged from the header: its own size, a declared body length;
+/// and the idle timeout of the keep-alive connection.
+fn within_limits(session: &mut Session, limits: &edge::Limits) -> std::result::Result<(), Reject> {
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(limits.idle_timeout.as_secs()));
+    }
+    let req = session.req_header();
+    if edge::header_bytes(req) > limits.max_header_bytes {
+        return Err(Reject::HeaderTooLarge);
+    }
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(Reject::PayloadTooLarge);
+    }
     Ok(())
 }
 
@@ -326,6 +349,7 @@ impl ProxyHttp for Gateway {
             trace_id: None,
             cors_origin: None,
             set_headers: Vec::new(),
+            body_bytes: 0,
         }
     }
 
@@ -339,6 +363,9 @@ impl ProxyHttp for Gateway {
         // The canonical target and host first: everything after decides on them, and the
         // upstream is sent them.
         identify(session, ctx, &policy.edge);
+        if let Err(reject) = within_limits(session, &policy.edge.limits) {
+            return respond(session, ctx, &reject).await;
+        }
         let admitted = match edge::normalise(
             session.req_header_mut(),
             &policy.edge,
@@ -439,6 +466,27 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
         }
         e
+    }
+
+    /// `max_body_bytes` for bodies whose length was not declared (chunked, h2): counted as
+    /// they stream through, never buffered; crossing the limit ends the request with 413.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(p)) = (body.as_ref(), ctx.policy.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > p.edge.limits.max_body_bytes {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than server.limits.max_body_bytes",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Pingora's error answers, except to gRPC clients: a trailers-only answer with the

@@ -108,6 +108,7 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
         // connection preface, so both share a port.
         let mut opts = HttpServerOptions::default();
         opts.h2c = true;
+        opts.h2_idle_timeout = Some(edge_rules.limits.idle_timeout);
         proxy
             .app_logic_mut()
             .expect("a new service has its app")
