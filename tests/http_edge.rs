@@ -79,22 +79,7 @@ fn behind_a_trusted_proxy_the_client_is_the_right_most_untrusted_address() {
 }
 
 fn wait_for_log_line(log: &std::path::Path, path: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(l) = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .find(|l| l["path"] == path)
-        {
-            return l;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no log line for {path}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    access_log_line(log, |l| l["path"] == path)
 }
 
 #[test]

@@ -264,15 +264,9 @@ fn http2_off_means_no_h2_anywhere() {
 
 /// Wait until a new handshake for `sni` shows `sha`.
 fn wait_for_cert(port: u16, sni: &str, sha: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = client(port, &["--sni", sni]);
-        if got["cert_sha256"] == sha {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still serving {got} after 10 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually("the new certificate", Duration::from_secs(10), || {
+        (client(port, &["--sni", sni])["cert_sha256"] == sha).then_some(())
+    });
 }
 
 #[test]
@@ -326,14 +320,9 @@ fn certificates_rotate_on_disk_and_on_reload_without_dropping_connections() {
     // A bad rotation (a key that does not fit): the certificate in force keeps serving.
     let other = s.ca.leaf(&s.dir, "other", &["api.example.com"], false);
     std::fs::copy(&other.key, &s.api.key).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.metric(bad) < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the bad rotation was not counted"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the bad rotation counted", Duration::from_secs(10), || {
+        (gw.metric(bad) >= 1.0).then_some(())
+    });
     assert_eq!(
         client(port, &["--sni", "api.example.com"])["cert_sha256"],
         renewed.sha256
@@ -575,21 +564,9 @@ fn certificate_bound_tokens_need_the_certificate_they_name() {
         3.0
     );
     // The access log names the client certificate.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = std::fs::read_to_string(s.dir.join("access.log")).unwrap_or_default();
-        let first = log
-            .lines()
-            .next()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap());
-        if let Some(line) = first {
-            assert_eq!(line["client_cert"]["subject"], "CN=alice", "{line}");
-            assert_eq!(line["client_cert"]["sha256"], alice_x5t);
-            break;
-        }
-        assert!(Instant::now() < deadline, "no access log line");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let line = access_log_line(&s.dir.join("access.log"), |_| true);
+    assert_eq!(line["client_cert"]["subject"], "CN=alice", "{line}");
+    assert_eq!(line["client_cert"]["sha256"], alice_x5t);
 }
 
 #[test]

@@ -96,3 +96,20 @@ routes:
 CONF
     TOKEN=$("$BIN" token --secret "$secret" --alg HS256 --sub user-1 --ttl 2h)
 }
+
+haproxy_head() { # haproxy_head: HAProxy's global, defaults and the backend `be` (the upstream)
+    cat <<CONF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+backend be
+    http-reuse always
+    server s1 127.0.0.1:$UP
+CONF
+}

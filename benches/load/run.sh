@@ -102,20 +102,7 @@ EOF
     echo "    default_backend be"
 }
 {
-    cat <<EOF
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    option http-keep-alive
-backend be
-    http-reuse always
-    server s1 127.0.0.1:$UP
-EOF
+    haproxy_head
     haproxy_frontend plain "$HA_PLAIN" none -
     haproxy_frontend hs "$HA_HS" HS256 "$SECRET"
     haproxy_frontend rs "$HA_RS" RS256 "$KEYS/rsa_public.pem"

@@ -69,19 +69,7 @@ nginx_conf proxy "    upstream up { server 127.0.0.1:$UP; keepalive 128; keepali
 
 # --- HAProxy: TLS (h2 and http/1.1 by ALPN), jwt_verify HS256 with the algorithm pinned ----------
 HA=$(port)
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    option http-keep-alive
-backend be
-    http-reuse always
-    server s1 127.0.0.1:$UP
+{ haproxy_head; cat <<EOF; } >"$WORK/haproxy.cfg"
 frontend tls
     bind 127.0.0.1:$HA ssl crt $WORK/haproxy.pem alpn h2,http/1.1
     http-request deny deny_status 401 unless { req.hdr(authorization) -m found }
@@ -120,28 +108,19 @@ record() { # record NAME VALUE UNIT
     printf '%s\t%s\t%s\t%s\n' "$round" "$1" "$2" "$3" >>"$RESULTS"
     printf 'round %s  %-40s %10s %s\n' "$round" "$1" "$2" "$3" >&2
 }
-keepalive() { # keepalive NAME URL [TOKEN]
-    local out rps non2xx
-    if [ -n "${3:-}" ]; then
-        out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Authorization: Bearer $3" "$2")
-    else
-        out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$2")
-    fi
+wrk_row() { # wrk_row NAME URL TOKEN UNIT [wrk args]: one wrk run, no non-2xx allowed
+    local name=$1 url=$2 token=$3 unit=$4 out rps non2xx auth=()
+    shift 4
+    [ -z "$token" ] || auth=(-H "Authorization: Bearer $token")
+    out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "${auth[@]}" "$@" "$url")
     non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-    [ -z "$non2xx" ] || { echo "$1: $non2xx non-2xx responses" >&2; exit 1; }
+    [ -z "$non2xx" ] || { echo "$name: $non2xx non-2xx responses" >&2; exit 1; }
     rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-    record "$1" "$rps" "req/s"
+    record "$name" "$rps" "$unit"
 }
-resumed() { # resumed NAME URL [TOKEN]: a new connection per request, sessions resumed
-    local out rps
-    if [ -n "${3:-}" ]; then
-        out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Connection: close" -H "Authorization: Bearer $3" "$2")
-    else
-        out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Connection: close" "$2")
-    fi
-    rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-    record "$1" "$rps" "conn/s"
-}
+keepalive() { wrk_row "$1" "$2" "${3:-}" "req/s"; } # keepalive NAME URL [TOKEN]
+# resumed NAME URL [TOKEN]: a new connection per request, the TLS session resumed
+resumed() { wrk_row "$1" "$2" "${3:-}" "conn/s" -H "Connection: close"; }
 full() { # full NAME URL [TOKEN]: a new connection and a full handshake per request (h2load keeps
     # no sessions); HTTP/1.1 with Connection: close, 64 clients
     local out rps auth=()

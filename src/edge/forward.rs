@@ -8,10 +8,12 @@ use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
-static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-static XRI: HeaderName = HeaderName::from_static("x-real-ip");
+// Written as static strings: Pingora's insert_header then keeps the given case without
+// building a title-cased copy of the name on every request.
+const XFF: &str = "X-Forwarded-For";
+const XFP: &str = "X-Forwarded-Proto";
+const XFH: &str = "X-Forwarded-Host";
+const XRI: &str = "X-Real-IP";
 
 /// Who sent the request, as the upstream is told.
 pub struct Origin {
@@ -32,7 +34,7 @@ pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()>
         (Some(p), true) => {
             let before: Vec<&str> = up
                 .headers
-                .get_all(&XFF)
+                .get_all(XFF)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
@@ -45,25 +47,30 @@ pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()>
         (Some(p), false) => Some(p.clone()),
         (None, _) => None,
     };
-    up.remove_header(&XFF);
+    up.remove_header(XFF);
+    let real_ip = match (o.client, &xff) {
+        (Some(c), Some(v)) if Some(c) == o.peer && !o.trusted_peer => Some(v.clone()),
+        (Some(c), _) => Some(c.to_string()),
+        (None, _) => None,
+    };
     if let Some(v) = xff {
-        up.insert_header(XFF.clone(), v)?;
+        up.insert_header(XFF, v)?;
     }
-    if !(o.trusted_peer && up.headers.contains_key(&XFP)) {
-        up.insert_header(XFP.clone(), if o.tls { "https" } else { "http" })?;
+    if !(o.trusted_peer && up.headers.contains_key(XFP)) {
+        up.insert_header(XFP, if o.tls { "https" } else { "http" })?;
     }
-    if !(o.trusted_peer && up.headers.contains_key(&XFH)) {
+    if !(o.trusted_peer && up.headers.contains_key(XFH)) {
         match up.headers.get(http::header::HOST).cloned() {
-            Some(h) => up.insert_header(XFH.clone(), h)?,
+            Some(h) => up.insert_header(XFH, h)?,
             None => {
-                up.remove_header(&XFH);
+                up.remove_header(XFH);
             }
         }
     }
-    match o.client {
-        Some(c) => up.insert_header(XRI.clone(), c.to_string())?,
+    match real_ip {
+        Some(c) => up.insert_header(XRI, c)?,
         None => {
-            up.remove_header(&XRI);
+            up.remove_header(XRI);
         }
     }
     Ok(())

@@ -44,6 +44,11 @@ impl Ca {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
+        self.sign(dir, file, params).0
+    }
+
+    /// Sign `params`, write `dir/FILE.pem` and `dir/FILE.key`; the leaf and its DER.
+    fn sign(&self, dir: &Path, file: &str, params: CertificateParams) -> (Leaf, Vec<u8>) {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (cp, kp) = (
@@ -52,11 +57,13 @@ impl Ca {
         );
         std::fs::write(&cp, cert.pem()).unwrap();
         std::fs::write(&kp, key.serialize_pem()).unwrap();
-        Leaf {
+        let der = cert.der().to_vec();
+        let leaf = Leaf {
             cert: cp,
             key: kp,
-            sha256: sha256_hex(cert.der()),
-        }
+            sha256: sha256_hex(&der),
+        };
+        (leaf, der)
     }
 }
 
@@ -69,24 +76,10 @@ impl Ca {
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cp, kp) = (
-            dir.join(format!("{file}.pem")),
-            dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&cp, cert.pem()).unwrap();
-        std::fs::write(&kp, key.serialize_pem()).unwrap();
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der());
+        let (leaf, der) = self.sign(dir, file, params);
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
         use base64::Engine;
         let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref());
-        (
-            Leaf {
-                cert: cp,
-                key: kp,
-                sha256: sha256_hex(cert.der()),
-            },
-            x5t,
-        )
+        (leaf, x5t)
     }
 }

@@ -441,3 +441,26 @@ pub fn hs256(secret: &[u8], claims: &Value) -> String {
     )
     .unwrap()
 }
+
+/// Poll `f` every 50 ms until it gives a value; panics naming `what` after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The first line of a JSON access log that `pick` accepts (the writer flushes within 200 ms).
+pub fn access_log_line(log: &Path, pick: impl Fn(&Value) -> bool) -> Value {
+    eventually("an access log line", Duration::from_secs(5), || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|l| pick(l))
+    })
+}
