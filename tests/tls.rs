@@ -9,7 +9,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Run tests/tls_client.py against `port` with `args`.
 fn client(port: u16, args: &[&str]) -> Value {

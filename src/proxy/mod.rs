@@ -360,8 +360,9 @@ impl ProxyHttp for Gateway {
         let policy = self.live.policy.load_full();
         ctx.policy = Some(policy.clone());
         ctx.access_log = self.live.access_log.load_full();
-        // The canonical target and host first: everything after decides on them, and the
-        // upstream is sent them.
+        // Who and which request first, so that every answer carries the request id; then the
+        // limits the header alone decides; then the canonical target and host, on which
+        // everything after decides and which the upstream is sent.
         identify(session, ctx, &policy.edge);
         if let Err(reject) = within_limits(session, &policy.edge.limits) {
             return respond(session, ctx, &reject).await;
@@ -495,7 +496,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> pingora_proxy::FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
@@ -510,12 +511,17 @@ impl ProxyHttp for Gateway {
         };
         let grpc = crate::error::is_grpc(session.req_header());
         if code > 0 && grpc && session.response_written().is_none() {
-            let mut h = crate::error::grpc_response(code, "upstream unavailable");
-            decoration(session, _ctx).apply(&mut h);
+            let message = match code {
+                413 => "request body too large",
+                502..=504 => "upstream unavailable",
+                _ => "request failed",
+            };
+            let mut h = crate::error::grpc_response(code, message);
+            decoration(session, ctx).apply(&mut h);
             let _ = write_grpc(session, h).await;
         } else if code > 0 {
             let mut h = pingora_core::protocols::http::error_resp::gen_error_response(code);
-            decoration(session, _ctx).apply(&mut h);
+            decoration(session, ctx).apply(&mut h);
             let _ = session
                 .downstream_session
                 .write_error_response(h, bytes::Bytes::new())
@@ -529,14 +535,14 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut pingora_http::ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut pingora_http::ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(t), Some(route)) = (ctx.upstream_start, &ctx.route) {
             route.upstream.duration.observe(t.elapsed().as_secs_f64());
         }
-        decoration(_session, ctx).apply(_upstream_response);
+        decoration(session, ctx).apply(upstream_response);
         Ok(())
     }
 
@@ -572,7 +578,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -592,7 +598,7 @@ impl ProxyHttp for Gateway {
                 peer: ctx.peer_ip,
                 client: ctx.client_ip,
                 trusted_peer: ctx.trusted_peer,
-                tls: _session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
             },
         )?;
         if let (Some(p), Some(id)) = (&ctx.policy, &ctx.request_id) {

@@ -5,6 +5,23 @@ pub mod settings;
 
 pub use settings::{ListenKind, Listener, Settings};
 
+use crate::edge::redirect::Redirect;
+use crate::observe::Admin;
+use crate::policy::Policy;
+use crate::proxy::{in_flight, Gateway};
+use crate::reload::{Live, Reloader};
+use async_trait::async_trait;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::listening::Service;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 /// After each completed handshake on a TLS listener: count it, and attach the client
 /// certificate (if one was presented and verified) to the connection for the request path.
 /// (Certificates come from our resolver, which Pingora asks on every handshake.)
@@ -41,23 +58,6 @@ impl TlsAccept for Handshakes {
         }
     }
 }
-
-use crate::edge::redirect::Redirect;
-use crate::observe::Admin;
-use crate::policy::Policy;
-use crate::proxy::{in_flight, Gateway};
-use crate::reload::{Live, Reloader};
-use async_trait::async_trait;
-use pingora_core::apps::http_app::HttpServer;
-use pingora_core::apps::HttpServerOptions;
-use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::TlsAccept;
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora_core::services::listening::Service;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// A ready-to-run server.
 pub struct Built {
