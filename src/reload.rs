@@ -51,7 +51,7 @@ impl Live {
             .iter()
             .filter_map(|(name, p)| {
                 let c = p.client_auth.clone()?;
-                Some((name.clone(), crate::tls::ClientVerifier::new(c)))
+                Some((name.clone(), crate::tls::ClientVerifier::new(name, c)))
             })
             .collect();
         Ok(Arc::new(Live {

@@ -581,7 +581,7 @@ fn required_client_certificates_fail_the_handshake_without_one() {
     std::fs::create_dir_all(&other_dir).unwrap();
     let (mallory, _) = Ca::new(&other_dir).client(&other_dir, "mallory", "mallory");
     let echo = echo();
-    let (_gw, port) = mtls_gateway(&s, &clients, true, &echo);
+    let (gw, port) = mtls_gateway(&s, &clients, true, &echo);
     let with = |c: &Leaf| {
         client(
             port,
@@ -608,6 +608,20 @@ fn required_client_certificates_fail_the_handshake_without_one() {
         );
     }
     assert_eq!(echo.hits(), 0);
+    // Three hellos, one completed handshake, one certificate rejected.
+    let m = |s: &str| gw.metric(s);
+    assert_eq!(
+        m("portcullis_tls_client_hellos_total{profile=\"edge\"}"),
+        3.0
+    );
+    assert_eq!(
+        m("portcullis_tls_client_certificates_rejected_total{profile=\"edge\"}"),
+        1.0
+    );
+    let done = format!(
+        "portcullis_tls_handshakes_total{{client_cert=\"yes\",listener=\"127.0.0.1:{port}\"}}"
+    );
+    assert_eq!(m(&done), 1.0);
 }
 
 /// The same refusals over HTTP/1.1 and h2: status, challenge, rate-limit headers and body.

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub tls_certificate_expiry: IntGaugeVec,
     pub tls_certificate_reloads: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
+    pub tls_client_hellos: IntCounterVec,
+    pub tls_client_certs_rejected: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,6 +119,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "portcullis_tls_handshakes_total",
             "Completed TLS handshakes, by listener and whether a client certificate was verified.",
             &["listener", "client_cert"],
+        )?,
+        tls_client_hellos: counter(
+            "portcullis_tls_client_hellos_total",
+            "TLS ClientHellos that reached certificate selection, by profile (minus completed handshakes: failed ones).",
+            &["profile"],
+        )?,
+        tls_client_certs_rejected: counter(
+            "portcullis_tls_client_certificates_rejected_total",
+            "Client certificates that failed verification (mTLS), by profile.",
+            &["profile"],
         )?,
         access_log_dropped: {
             let c = IntCounter::new(

@@ -68,12 +68,16 @@ pub fn compile(c: &ClientAuthConfig, path: &str, ctx: &Ctx) -> Option<ClientAuth
 #[derive(Debug)]
 pub struct ClientVerifier {
     current: ArcSwap<ClientAuth>,
+    rejected: prometheus::IntCounter,
 }
 
 impl ClientVerifier {
-    pub fn new(c: Arc<ClientAuth>) -> Arc<ClientVerifier> {
+    pub fn new(profile: &str, c: Arc<ClientAuth>) -> Arc<ClientVerifier> {
         Arc::new(ClientVerifier {
             current: ArcSwap::new(c),
+            rejected: crate::observe::metrics::metrics()
+                .tls_client_certs_rejected
+                .with_label_values(&[profile]),
         })
     }
 
@@ -103,10 +107,15 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current
-            .load()
-            .verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        let verdict =
+            self.current
+                .load()
+                .verifier
+                .verify_client_cert(end_entity, intermediates, now);
+        if verdict.is_err() {
+            self.rejected.inc();
+        }
+        verdict
     }
 
     fn verify_tls12_signature(

@@ -135,10 +135,12 @@ impl Profile {
 pub struct Resolver {
     pub name: String,
     profile: ArcSwap<Profile>,
+    hellos: prometheus::IntCounter,
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.hellos.inc();
         let profile = self.profile.load();
         profile
             .store
@@ -152,6 +154,9 @@ impl Resolver {
         let r = Arc::new(Resolver {
             name: profile.name.clone(),
             profile: ArcSwap::new(profile.clone()),
+            hellos: metrics()
+                .tls_client_hellos
+                .with_label_values(&[&profile.name]),
         });
         r.export(&profile);
         r
