@@ -708,3 +708,69 @@ routes:
     assert_eq!(names(&c.1), names(&d.1), "{c:?} vs {d:?}");
     assert_eq!(echo.hits(), 1);
 }
+
+#[test]
+fn proxy_protocol_on_a_tls_listener_names_the_client() {
+    let s = setup();
+    let echo = echo();
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        r#"server:
+  listen:
+    - {{addr: "127.0.0.1:{port}", tls: edge, proxy_protocol: true}}
+  threads: 1
+  admin: "127.0.0.1:{admin}"
+  trusted_proxies: ["127.0.0.1/32"]
+tls:
+  edge: {{certificates: [{{cert: "{}", key: "{}"}}]}}
+upstreams:
+  api: {{peers: ["{}"]}}
+routes:
+  - {{prefix: /, upstream: api}}
+"#,
+        s.api.cert.display(),
+        s.api.key.display(),
+        echo.addr
+    );
+    let gw = Gateway::start_raw(&yaml, port, admin);
+    // What the upstream is told about the client, for a connection that begins with `args`.
+    let seen = |args: &[&str]| -> (String, String) {
+        let r = client(port, &[args, &["--get", "/x"]].concat());
+        assert_eq!(r["statuses"], json!([200]), "{r} {}", gw.log());
+        let doc: Value = serde_json::from_str(r["bodies"][0].as_str().unwrap()).unwrap();
+        let h = |n: &str| {
+            doc["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x[0] == n)
+                .map(|x| x[1].as_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        (h("x-real-ip"), h("x-forwarded-for"))
+    };
+    let (real, xff) = seen(&["--proxy-v1", "PROXY TCP4 203.0.113.7 127.0.0.1 51234 443"]);
+    assert_eq!(
+        (real.as_str(), xff.as_str()),
+        ("203.0.113.7", "203.0.113.7")
+    );
+    let (real, _) = seen(&["--proxy-v2", "198.51.100.9:4000"]);
+    assert_eq!(real, "198.51.100.9");
+    // Without a header, or with garbage: the connection is closed before TLS.
+    for args in [&[][..], &["--proxy-v1", "PROXY TCP4 nonsense"][..]] {
+        let r = client(port, &[args, &["--get", "/x"]].concat());
+        assert!(r.get("error").is_some(), "{r}");
+    }
+    assert_eq!(echo.hits(), 2);
+}
+
+#[test]
+fn proxy_protocol_config_errors() {
+    let err = check_refuses_yaml(
+        "server:\n  listen: [{addr: \"127.0.0.1:8080\", proxy_protocol: true}]\nupstreams:\n  a: {peers: [\"127.0.0.1:1\"]}\nroutes:\n  - {prefix: /, upstream: a}\n",
+    );
+    assert_errors(
+        &err,
+        &[("server.listen[0].proxy_protocol", "only on TLS listeners")],
+    );
+}

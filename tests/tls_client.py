@@ -17,6 +17,7 @@ args = sys.argv[1:]
 port = int(args.pop(0))
 sni, alpn, version, cafile, gets, pause = None, None, None, None, [], 0.0
 cert, key, headers = None, None, []
+proxy = None  # bytes sent before the TLS handshake (a PROXY protocol header)
 while args:
     flag = args.pop(0)
     value = args.pop(0)
@@ -38,6 +39,13 @@ while args:
         key = value
     elif flag == "--header":
         headers.append(value)
+    elif flag == "--proxy-v1":
+        proxy = value.encode() + b"\r\n"
+    elif flag == "--proxy-v2":
+        import ipaddress, struct
+        src_ip, src_port = value.rsplit(":", 1)
+        body = ipaddress.IPv4Address(src_ip).packed + bytes([127, 0, 0, 1]) + struct.pack("!HH", int(src_port), 443)
+        proxy = b"\r\n\r\n\0\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
     else:
         sys.exit(f"unknown flag {flag}")
 
@@ -59,6 +67,8 @@ elif version == "1.3":
 out = {}
 try:
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if proxy:
+        raw.sendall(proxy)
     s = ctx.wrap_socket(raw, server_hostname=sni)
 except (ssl.SSLError, OSError) as e:
     print(json.dumps({"error": str(e)}))
@@ -69,6 +79,7 @@ out["cert_sha256"] = hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
 # Under TLS 1.3 a refused client certificate shows only on the first read or write (the
 # statuses, or "error"); with no requests, try a read to surface it.
 statuses = []
+bodies = []
 f = s.makefile("rb")
 for i, path in enumerate(gets):
     if i > 0 and pause:
@@ -95,7 +106,8 @@ for i, path in enumerate(gets):
             length = int(v.strip())
         if k.strip().lower() == "www-authenticate":
             out["www_authenticate"] = v.strip()
-    f.read(length)
+    bodies.append(f.read(length).decode(errors="replace"))
     statuses.append(int(status))
 out["statuses"] = statuses
+out["bodies"] = bodies
 print(json.dumps(out))

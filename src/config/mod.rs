@@ -337,6 +337,8 @@ pub struct ListenConfig {
     pub tls: Option<String>,
     /// Answer every request with 308 to `https://HOST:PORT/path?query`.
     pub redirect_https: Option<u16>,
+    /// Read a PROXY protocol (v1/v2) header before TLS.
+    pub proxy_protocol: bool,
 }
 
 impl ListenConfig {
@@ -345,6 +347,7 @@ impl ListenConfig {
             addr: addr.to_string(),
             tls: None,
             redirect_https: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -355,6 +358,8 @@ struct ListenLong {
     addr: String,
     tls: Option<String>,
     redirect_https: Option<u16>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 impl TryFrom<Value> for ListenConfig {
@@ -369,6 +374,7 @@ impl TryFrom<Value> for ListenConfig {
                     addr: l.addr,
                     tls: l.tls,
                     redirect_https: l.redirect_https,
+                    proxy_protocol: l.proxy_protocol,
                 })
             }
             _ => Err("a listener is \"IP:PORT\" or {addr, tls} or {addr, redirect_https}".into()),

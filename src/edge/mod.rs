@@ -9,6 +9,7 @@ pub mod client_ip;
 pub mod cors;
 pub mod forward;
 pub mod headers;
+pub mod proxy_protocol;
 pub mod redirect;
 pub mod request_id;
 pub mod target;

@@ -114,6 +114,24 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
             .expect("a new service has its app")
             .server_options = Some(opts);
     }
+    // Pingora runs a pre-TLS hook per service: TLS listeners with the PROXY protocol get a
+    // service of their own (same gateway, same live policy).
+    let mut proxied = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(live.clone()),
+        "portcullis proxy (PROXY protocol)",
+    );
+    proxied.endpoints().set_pre_tls_callback(Arc::new(
+        crate::edge::proxy_protocol::ProxyProtocol {
+            trusted: edge_rules.trusted.clone(),
+        },
+    ));
+    if let Some(opts) = proxy.app_logic().and_then(|a| a.server_options.clone()) {
+        if let Some(app) = proxied.app_logic_mut() {
+            app.server_options = Some(opts);
+        }
+    }
+    let mut any_proxied = false;
     for l in &listen {
         match &l.kind {
             ListenKind::Plain => proxy.add_tcp(&l.addr.to_string()),
@@ -131,7 +149,12 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
                 if http2 {
                     settings.enable_h2();
                 }
-                proxy.add_tls_with_settings(&l.addr.to_string(), None, settings);
+                if l.proxy_protocol {
+                    any_proxied = true;
+                    proxied.add_tls_with_settings(&l.addr.to_string(), None, settings);
+                } else {
+                    proxy.add_tls_with_settings(&l.addr.to_string(), None, settings);
+                }
             }
             ListenKind::RedirectHttps(port) => {
                 let app = Redirect {
@@ -149,6 +172,9 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
         }
     }
     server.add_service(proxy);
+    if any_proxied {
+        server.add_service(proxied);
+    }
 
     if let Some(addr) = admin {
         let app = Admin { live: live.clone() };
