@@ -176,9 +176,9 @@ impl Reject {
         }
     }
 
-    /// The short JSON body.
-    pub fn body(&self) -> String {
-        let (error, description) = match self {
+    /// The `error` code and `error_description` of the answer (fixed texts).
+    fn codes(&self) -> (&'static str, &'static str) {
+        match self {
             Reject::Unauthorized {
                 error: AuthError::Missing,
                 ..
@@ -198,7 +198,12 @@ impl Reject {
                 "request_header_fields_too_large",
                 "request header too large",
             ),
-        };
+        }
+    }
+
+    /// The short JSON body.
+    pub fn body(&self) -> String {
+        let (error, description) = self.codes();
         // Both strings are fixed text without quotes or backslashes.
         format!("{{\"error\":\"{error}\",\"error_description\":\"{description}\"}}")
     }
@@ -286,7 +291,7 @@ impl Reject {
     /// headers go along as initial metadata.
     pub fn grpc(&self) -> ResponseHeader {
         let (plain, _) = self.response();
-        let mut h = grpc_response(self.status(), &self.description());
+        let mut h = grpc_response(self.status(), self.description());
         for name in [
             http::header::WWW_AUTHENTICATE,
             http::header::RETRY_AFTER,
@@ -300,12 +305,8 @@ impl Reject {
     }
 
     /// The `error_description` of the JSON body.
-    pub fn description(&self) -> String {
-        let body: serde_json::Value = serde_json::from_str(&self.body()).unwrap_or_default();
-        body["error_description"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+    pub fn description(&self) -> &'static str {
+        self.codes().1
     }
 }
 
