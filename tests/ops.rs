@@ -85,14 +85,7 @@ impl Running {
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(what, Duration::from_secs(5), || f().then_some(()));
 }
 
 #[test]
