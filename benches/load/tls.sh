@@ -121,27 +121,21 @@ wrk_row() { # wrk_row NAME URL TOKEN UNIT [wrk args]: one wrk run, no non-2xx al
 keepalive() { wrk_row "$1" "$2" "${3:-}" "req/s"; } # keepalive NAME URL [TOKEN]
 # resumed NAME URL [TOKEN]: a new connection per request, the TLS session resumed
 resumed() { wrk_row "$1" "$2" "${3:-}" "conn/s" -H "Connection: close"; }
-full() { # full NAME URL [TOKEN]: a new connection and a full handshake per request (h2load keeps
-    # no sessions); HTTP/1.1 with Connection: close, 64 clients
-    local out rps auth=()
-    [ -z "${3:-}" ] || auth=(-H "Authorization: Bearer $3")
-    # (a fixed count: h2load's -D does not end when every connection is closed by the server)
-    out=$(taskset -c "$LOAD_CORE" h2load --h1 -c"$CONNECTIONS" -n "${HANDSHAKES:-20000}" -H "Connection: close" "${auth[@]}" "$2")
-    grep -q "status codes: .* 0 3xx, 0 4xx, 0 5xx" <<<"$out" || { echo "$1: $(grep 'status codes' <<<"$out")" >&2; exit 1; }
+h2load_row() { # h2load_row NAME URL TOKEN UNIT [h2load args]: one run, no non-2xx allowed
+    local name=$1 url=$2 token=$3 unit=$4 out rps auth=()
+    shift 4
+    [ -z "$token" ] || auth=(-H "Authorization: Bearer $token")
+    out=$(taskset -c "$LOAD_CORE" h2load "$@" "${auth[@]}" "$url")
+    grep -q "status codes: .* 0 3xx, 0 4xx, 0 5xx" <<<"$out" || { echo "$name: $(grep 'status codes' <<<"$out")" >&2; exit 1; }
     rps=$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")
-    record "$1" "$rps" "conn/s"
+    record "$name" "$rps" "$unit"
 }
-h2() { # h2 NAME URL [TOKEN]: 64 streams over 4 connections
-    local out rps
-    if [ -n "${3:-}" ]; then
-        out=$(taskset -c "$LOAD_CORE" h2load -c4 -m16 -D "$DURATION" -H "Authorization: Bearer $3" "$2")
-    else
-        out=$(taskset -c "$LOAD_CORE" h2load -c4 -m16 -D "$DURATION" "$2")
-    fi
-    grep -q "status codes: .* 0 3xx, 0 4xx, 0 5xx" <<<"$out" || { echo "$1: $(grep 'status codes' <<<"$out")" >&2; exit 1; }
-    rps=$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")
-    record "$1" "$rps" "req/s"
-}
+# full NAME URL [TOKEN]: a new connection and a full handshake per request (h2load keeps no
+# sessions); HTTP/1.1 with Connection: close, 64 clients; a fixed count, since h2load's -D does
+# not end when the server closes every connection
+full() { h2load_row "$1" "$2" "${3:-}" "conn/s" --h1 -c"$CONNECTIONS" -n "${HANDSHAKES:-20000}" -H "Connection: close"; }
+# h2 NAME URL [TOKEN]: 64 streams over 4 connections
+h2() { h2load_row "$1" "$2" "${3:-}" "req/s" -c4 -m16 -D "$DURATION"; }
 
 echo "measuring ($ROUNDS rounds, ${DURATION}s per row)..." >&2
 for round in $(seq "$ROUNDS"); do
