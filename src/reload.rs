@@ -129,6 +129,12 @@ impl Reloader {
             log::warn!("server.threads changed: restart to apply");
             new.server.threads = old.server.threads;
         }
+        let (was, is) = (&old.edge.limits, &mut new.edge.limits);
+        if (is.header_timeout, is.max_connections) != (was.header_timeout, was.max_connections) {
+            log::warn!("server.limits.header_timeout or max_connections changed: restart to apply");
+            is.header_timeout = was.header_timeout;
+            is.max_connections = was.max_connections;
+        }
         for w in &new.warnings {
             log::warn!("{w}");
         }

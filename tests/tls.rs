@@ -742,14 +742,3 @@ routes:
     }
     assert_eq!(echo.hits(), 2);
 }
-
-#[test]
-fn proxy_protocol_config_errors() {
-    let err = check_refuses_yaml(
-        "server:\n  listen: [{addr: \"127.0.0.1:8080\", proxy_protocol: true}]\nupstreams:\n  a: {peers: [\"127.0.0.1:1\"]}\nroutes:\n  - {prefix: /, upstream: a}\n",
-    );
-    assert_errors(
-        &err,
-        &[("server.listen[0].proxy_protocol", "only on TLS listeners")],
-    );
-}

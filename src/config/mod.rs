@@ -214,6 +214,11 @@ pub struct LimitsConfig {
     pub max_body_bytes: Option<String>,
     /// An idle keep-alive connection is closed after this (default 60s).
     pub idle_timeout: Option<String>,
+    /// A request header (and a PROXY header) must be complete this long after the connection
+    /// opens or the request's first byte (default 10s); otherwise the connection is closed.
+    pub header_timeout: Option<String>,
+    /// Open client connections at most (default 10000); more are closed at once.
+    pub max_connections: Option<u64>,
 }
 
 /// `512`, `32KiB`, `10MiB`, `1GiB`, `64KB`, `1MB`: bytes.

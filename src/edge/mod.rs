@@ -6,6 +6,7 @@
 //! the header-name rules. `strip_upgrade` runs once the route is known.
 
 pub mod client_ip;
+pub mod conn;
 pub mod cors;
 pub mod forward;
 pub mod headers;
@@ -51,6 +52,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub idle_timeout: std::time::Duration,
+    pub header_timeout: std::time::Duration,
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +62,8 @@ impl Default for Limits {
             max_header_bytes: 64 << 10,
             max_body_bytes: 10 << 20,
             idle_timeout: std::time::Duration::from_secs(60),
+            header_timeout: std::time::Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -75,6 +80,7 @@ pub fn header_bytes(req: &RequestHeader) -> usize {
 
 fn limits(l: &crate::config::LimitsConfig, ctx: &crate::config::Ctx) -> Limits {
     use crate::config::parse_size;
+    use std::time::Duration;
     let d = Limits::default();
     let size =
         |field: &str, v: &Option<String>, default: u64, range: std::ops::RangeInclusive<u64>| {
@@ -98,6 +104,39 @@ fn limits(l: &crate::config::LimitsConfig, ctx: &crate::config::Ctx) -> Limits {
                 }
             }
         };
+    let duration = |field: &str, v: &Option<String>, default, range| {
+        let mut errors = ctx.errors();
+        crate::config::duration_field(
+            format!("server.limits.{field}"),
+            v,
+            default,
+            range,
+            &mut errors,
+        )
+    };
+    let idle_timeout = duration(
+        "idle_timeout",
+        &l.idle_timeout,
+        d.idle_timeout,
+        Duration::from_secs(1)..=Duration::from_secs(3600),
+    );
+    let header_timeout = duration(
+        "header_timeout",
+        &l.header_timeout,
+        d.header_timeout,
+        Duration::from_millis(100)..=Duration::from_secs(3600),
+    );
+    let max_connections = match l.max_connections {
+        None => d.max_connections,
+        Some(n @ 1..=10_000_000) => n as usize,
+        Some(n) => {
+            ctx.error(
+                "server.limits.max_connections",
+                format!("{n} is out of range 1..=10000000"),
+            );
+            d.max_connections
+        }
+    };
     Limits {
         max_header_bytes: size(
             "max_header_bytes",
@@ -111,13 +150,9 @@ fn limits(l: &crate::config::LimitsConfig, ctx: &crate::config::Ctx) -> Limits {
             d.max_body_bytes,
             0..=(1 << 40),
         ),
-        idle_timeout: crate::config::duration_field(
-            "server.limits.idle_timeout".into(),
-            &l.idle_timeout,
-            d.idle_timeout,
-            std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600),
-            &mut ctx.errors(),
-        ),
+        idle_timeout,
+        header_timeout,
+        max_connections,
     }
 }
 

@@ -1,24 +1,17 @@
 //! The PROXY protocol (v1 text and v2 binary, as AWS NLB and HAProxy `send-proxy` send it):
-//! read before the TLS handshake on listeners with `proxy_protocol: true`, believed only from
-//! `server.trusted_proxies`. The address it carries becomes the connection's peer. A connection
+//! read first on listeners with `proxy_protocol: true` (before the TLS handshake on TLS ones),
+//! believed only from `server.trusted_proxies`. The address it carries becomes the connection's peer. A connection
 //! without a valid header there is closed.
 
 use super::client_ip::Trusted;
-use async_trait::async_trait;
-use pingora_core::listeners::PreTlsProcess;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::{Error, ErrorType, Result};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::io::AsRawFd;
-use tokio::io::AsyncReadExt;
+use std::os::unix::io::RawFd;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
-
-pub struct ProxyProtocol {
-    pub trusted: Trusted,
-}
 
 fn bad(why: &'static str) -> Box<Error> {
     Error::explain(ErrorType::InvalidHTTPHeader, why)
@@ -90,8 +83,8 @@ pub fn parse_v2(
     }
 }
 
-/// Read exactly the header, nothing of what follows it (the TLS ClientHello).
-async fn read_header(stream: &mut L4Stream) -> Result<Option<SocketAddr>> {
+/// Read exactly the header, nothing of what follows it (the TLS ClientHello or the request).
+async fn read_header<S: AsyncRead + Unpin + ?Sized>(stream: &mut S) -> Result<Option<SocketAddr>> {
     let mut first = [0u8; 1];
     stream
         .read_exact(&mut first)
@@ -136,24 +129,26 @@ async fn read_header(stream: &mut L4Stream) -> Result<Option<SocketAddr>> {
     parse_v2(head[12], head[13], &rest).map_err(bad)
 }
 
-#[async_trait]
-impl PreTlsProcess for ProxyProtocol {
-    async fn process(&self, stream: &mut L4Stream) -> Result<()> {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
-        if !peer.is_some_and(|p| self.trusted.contains(p)) {
-            return Err(bad(
-                "PROXY header from a peer not in server.trusted_proxies",
-            ));
-        }
-        if let Some(src) = read_header(stream).await? {
-            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-            let _ = digest.peer_addr.set(Some(PeerAddr::Inet(src)));
-            stream.set_socket_digest(digest);
-        }
-        Ok(())
+/// On a connection from a trusted peer, read its PROXY header and make the source it names
+/// the connection's peer. `fd` is the connection's socket.
+pub async fn accept<S>(stream: &mut S, trusted: &Trusted, fd: RawFd) -> Result<()>
+where
+    S: AsyncRead + GetSocketDigest + Unpin + ?Sized,
+{
+    let peer = stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
+    if !peer.is_some_and(|p| trusted.contains(p)) {
+        return Err(bad(
+            "PROXY header from a peer not in server.trusted_proxies",
+        ));
     }
+    if let Some(src) = read_header(stream).await? {
+        let digest = SocketDigest::from_raw_fd(fd);
+        let _ = digest.peer_addr.set(Some(PeerAddr::Inet(src)));
+        stream.set_socket_digest(digest);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! fixed vocabulary (results, error kinds, status codes): never a `sub`, a token or a raw path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -29,6 +29,10 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub tls_client_hellos: IntCounterVec,
     pub tls_client_certs_rejected: IntCounterVec,
+    /// Open client connections on the proxy and redirect listeners.
+    pub connections_open: IntGauge,
+    /// Indexed by `edge::conn::Dropped`.
+    pub connections_dropped: Vec<IntCounter>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -130,6 +134,25 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Client certificates that failed verification (mTLS), by profile.",
             &["profile"],
         )?,
+        connections_open: {
+            let g = IntGauge::new(
+                "portcullis_connections_open",
+                "Client connections open on the proxy and redirect listeners (bounded by server.limits.max_connections).",
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        connections_dropped: {
+            let c = counter(
+                "portcullis_connections_dropped_total",
+                "Client connections closed before a request could be read: max_connections (at the cap), proxy_protocol (no valid PROXY header), header_timeout (header not complete within server.limits.header_timeout).",
+                &["reason"],
+            )?;
+            crate::edge::conn::Dropped::ALL
+                .iter()
+                .map(|d| c.with_label_values(&[d.label()]))
+                .collect()
+        },
         access_log_dropped: {
             let c = IntCounter::new(
                 "portcullis_access_log_dropped_total",

@@ -5,6 +5,7 @@ pub mod settings;
 
 pub use settings::{ListenKind, Listener, Settings};
 
+use crate::edge::conn::{ConnRules, Front, PreTls, Slots};
 use crate::edge::redirect::Redirect;
 use crate::observe::Admin;
 use crate::policy::Policy;
@@ -98,48 +99,51 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
     let admin = policy.server.admin;
     let edge_rules = policy.edge.clone();
     let live = Live::new(policy)?;
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(live.clone()),
-        "portcullis proxy",
-    );
-    if http2 {
-        // h2c with prior knowledge on plain listeners; Pingora tells it from HTTP/1.1 by the
-        // connection preface, so both share a port.
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = true;
-        opts.h2_idle_timeout = Some(edge_rules.limits.idle_timeout);
-        proxy
-            .app_logic_mut()
-            .expect("a new service has its app")
-            .server_options = Some(opts);
-    }
-    // Pingora runs a pre-TLS hook per service: TLS listeners with the PROXY protocol get a
-    // service of their own (same gateway, same live policy).
-    let mut proxied = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(live.clone()),
-        "portcullis proxy (PROXY protocol)",
-    );
-    proxied.endpoints().set_pre_tls_callback(Arc::new(
-        crate::edge::proxy_protocol::ProxyProtocol {
-            trusted: edge_rules.trusted.clone(),
-        },
-    ));
-    if let Some(opts) = proxy.app_logic().and_then(|a| a.server_options.clone()) {
-        if let Some(app) = proxied.app_logic_mut() {
+    let slots = Slots::new(edge_rules.limits.max_connections);
+    let rules = |proxy_protocol: bool| ConnRules {
+        slots: slots.clone(),
+        proxy_protocol: proxy_protocol.then(|| edge_rules.trusted.clone()),
+        header_timeout: edge_rules.limits.header_timeout,
+        idle_timeout: edge_rules.limits.idle_timeout,
+    };
+    // One proxy service for listeners with the PROXY protocol and one for those without:
+    // Pingora runs its pre-TLS hook per service (same gateway, same live policy).
+    let proxy_service = |name: &str, proxy_protocol: bool| {
+        let mut app = pingora_proxy::http_proxy(&server.configuration, Gateway::new(live.clone()));
+        if http2 {
+            // h2c with prior knowledge on plain listeners; told from HTTP/1.1 by the connection
+            // preface, so both share a port.
+            let mut opts = HttpServerOptions::default();
+            opts.h2c = true;
+            opts.h2_idle_timeout = Some(edge_rules.limits.idle_timeout);
             app.server_options = Some(opts);
         }
-    }
+        let mut svc = Service::new(name.to_string(), Front::new(app, rules(proxy_protocol)));
+        svc.endpoints().set_pre_tls_callback(Arc::new(PreTls {
+            slots: slots.clone(),
+            proxy_protocol: proxy_protocol.then(|| edge_rules.trusted.clone()),
+            header_timeout: edge_rules.limits.header_timeout,
+        }));
+        svc
+    };
+    let mut proxy = proxy_service("portcullis proxy", false);
+    let mut proxied = proxy_service("portcullis proxy (PROXY protocol)", true);
     let mut any_proxied = false;
     for l in &listen {
+        let addr = l.addr.to_string();
+        let svc = if l.proxy_protocol {
+            any_proxied = true;
+            &mut proxied
+        } else {
+            &mut proxy
+        };
         match &l.kind {
-            ListenKind::Plain => proxy.add_tcp(&l.addr.to_string()),
+            ListenKind::Plain => svc.add_tcp(&addr),
             ListenKind::Tls(profile) => {
                 let resolver = live.tls.get(profile).cloned().ok_or_else(|| {
                     std::io::Error::other(format!("tls profile {profile} is not loaded"))
                 })?;
-                let callbacks = Box::new(Handshakes::new(&l.addr.to_string()));
+                let callbacks = Box::new(Handshakes::new(&addr));
                 let mut settings = TlsSettings::with_callbacks(callbacks)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 settings.set_cert_resolver(resolver);
@@ -149,12 +153,7 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
                 if http2 {
                     settings.enable_h2();
                 }
-                if l.proxy_protocol {
-                    any_proxied = true;
-                    proxied.add_tls_with_settings(&l.addr.to_string(), None, settings);
-                } else {
-                    proxy.add_tls_with_settings(&l.addr.to_string(), None, settings);
-                }
+                svc.add_tls_with_settings(&addr, None, settings);
             }
             ListenKind::RedirectHttps(port) => {
                 let app = Redirect {
@@ -162,10 +161,10 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
                     rules: edge_rules.clone(),
                 };
                 let mut svc = Service::new(
-                    format!("portcullis redirect {}", l.addr),
-                    HttpServer::new_app(app),
+                    format!("portcullis redirect {addr}"),
+                    Front::new(HttpServer::new_app(app), rules(l.proxy_protocol)),
                 );
-                svc.add_tcp(&l.addr.to_string());
+                svc.add_tcp(&addr);
                 svc.threads = Some(1);
                 server.add_service(svc);
             }

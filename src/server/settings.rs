@@ -21,7 +21,8 @@ pub enum ListenKind {
 pub struct Listener {
     pub addr: SocketAddr,
     pub kind: ListenKind,
-    /// A PROXY protocol header comes before TLS (from `server.trusted_proxies` only).
+    /// A PROXY protocol header comes first, before TLS on TLS listeners (from
+    /// `server.trusted_proxies` only).
     pub proxy_protocol: bool,
 }
 
@@ -110,21 +111,12 @@ fn listener(path: &str, l: &ListenConfig, ctx: &Ctx) -> Option<Listener> {
         (None, Some(port)) => ListenKind::RedirectHttps(port),
         (None, None) => ListenKind::Plain,
     };
-    if l.proxy_protocol {
-        if !matches!(kind, ListenKind::Tls(_)) {
-            ctx.error(
-                format!("{path}.proxy_protocol"),
-                "only on TLS listeners for now: Pingora 0.9 reads bytes ahead of the connection only before a TLS handshake",
-            );
-            return None;
-        }
-        if ctx.config().server.trusted_proxies.is_empty() {
-            ctx.error(
-                format!("{path}.proxy_protocol"),
-                "needs server.trusted_proxies: the addresses of the balancers that send it",
-            );
-            return None;
-        }
+    if l.proxy_protocol && ctx.config().server.trusted_proxies.is_empty() {
+        ctx.error(
+            format!("{path}.proxy_protocol"),
+            "needs server.trusted_proxies: the addresses of the balancers that send it",
+        );
+        return None;
     }
     Some(Listener {
         addr: addr?,

@@ -1,0 +1,298 @@
+//! End to end: what happens to a client connection before its request is read — the header
+//! deadline (slowloris), the cap on open connections, and the PROXY protocol on plain
+//! listeners.
+
+mod common;
+
+use common::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn upstream(echo: &EchoServer) -> String {
+    format!(
+        "upstreams:\n  api: {{peers: [\"{}\"]}}\nroutes:\n  - {{prefix: /, upstream: api}}\n",
+        echo.addr
+    )
+}
+
+/// Read one response (head and a Content-Length body) from a keep-alive connection.
+fn read_response(s: &mut TcpStream) -> Option<Response> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    buf.extend_from_slice(&body);
+    parse_response(&buf)
+}
+
+/// Whether the gateway has closed `s` (EOF or reset) within `wait`.
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+/// Send `head` a byte every `every` until the gateway closes the connection; how long that
+/// took (`None`: still open after `limit`).
+fn dribble(s: &mut TcpStream, head: &[u8], every: Duration, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    for b in head.iter().cycle() {
+        if start.elapsed() > limit {
+            return None;
+        }
+        if s.write_all(&[*b]).is_err() || closed_within(s, every) {
+            return Some(start.elapsed());
+        }
+    }
+    unreachable!()
+}
+
+const SLOW_HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+#[test]
+fn header_timeout_closes_slow_headers_but_not_slow_bodies() {
+    let echo = echo();
+    let gw = Gateway::start(&format!(
+        "  limits: {{header_timeout: 1s, idle_timeout: 30s}}\n{}",
+        upstream(&echo)
+    ));
+    // Silent after connecting: closed at the deadline, not after the 30 s idle timeout.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let t = Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(5)));
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A byte every 200 ms: each read is quick, the header never completes. Pingora's own
+    // timeout is per read, so only the deadline ends this.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let took = dribble(
+        &mut s,
+        SLOW_HEAD,
+        Duration::from_millis(200),
+        Duration::from_secs(6),
+    )
+    .expect("a trickled header is cut off");
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+
+    // The deadline is re-armed for each request on a keep-alive connection.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).expect("first answer").status, 200);
+    std::thread::sleep(Duration::from_millis(1500)); // idle time is not header time
+    let took = dribble(
+        &mut s,
+        SLOW_HEAD,
+        Duration::from_millis(200),
+        Duration::from_secs(6),
+    )
+    .expect("the second request's trickled header is cut off");
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+    assert_eq!(echo.hits(), 1);
+
+    // A body may take longer than the header deadline: once the header is in, it does not apply.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\n")
+        .unwrap();
+    for b in b"abcdefgh" {
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(&[*b]).unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = read_response(&mut s).expect("the slow upload is answered");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"], "abcdefgh", "{}", r.json());
+    assert_eq!(echo.hits(), 2);
+    assert!(gw.metric("portcullis_connections_dropped_total{reason=\"header_timeout\"}") >= 3.0);
+}
+
+#[test]
+fn slowloris_does_not_delay_a_normal_client() {
+    let echo = echo();
+    let gw = Gateway::start(&upstream(&echo));
+    let timed = || {
+        (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                assert_eq!(gw.get("/x", &[]).status, 200);
+                t.elapsed()
+            })
+            .max()
+            .unwrap()
+    };
+    let calm = timed();
+    // 500 connections, each holding a request header open a byte at a time.
+    let mut slow: Vec<TcpStream> = (0..500)
+        .map(|_| {
+            let mut s = TcpStream::connect(gw.addr).unwrap();
+            s.write_all(&SLOW_HEAD[..20]).unwrap();
+            s
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        let mut conns: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().unwrap()).collect();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in &mut conns {
+                    let _ = s.write_all(b"a");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let attacked = timed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    eprintln!("slowest of 20 requests: {calm:?} alone, {attacked:?} beside 500 slow connections");
+    assert!(
+        attacked < calm + Duration::from_millis(100),
+        "slowest request {attacked:?} under a slowloris of 500 connections, {calm:?} without"
+    );
+    // The slow connections were all held open meanwhile (the deadline is 10 s by default).
+    assert!(gw.metric("portcullis_connections_open") >= 500.0);
+    slow.clear();
+}
+
+#[test]
+fn max_connections_caps_open_client_connections() {
+    let echo = echo();
+    let gw = Gateway::start(&format!(
+        "  limits: {{max_connections: 3}}\n{}",
+        upstream(&echo)
+    ));
+    let open = |gw: &Gateway| {
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        read_response(&mut s).map(|r| (s, r.status))
+    };
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let (s, status) = open(&gw).expect("room for three");
+            assert_eq!(status, 200);
+            s
+        })
+        .collect();
+    eventually("three open", Duration::from_secs(3), || {
+        (gw.metric("portcullis_connections_open") == 3.0).then_some(())
+    });
+    // The fourth is closed without an answer, and nothing reaches the upstream.
+    assert!(open(&gw).is_none());
+    assert_eq!(echo.hits(), 3);
+    assert!(gw.metric("portcullis_connections_dropped_total{reason=\"max_connections\"}") >= 1.0);
+    // When one closes, there is room again.
+    held.pop();
+    let (_s, status) = eventually("room again", Duration::from_secs(3), || open(&gw));
+    assert_eq!(status, 200);
+}
+
+fn proxy_v2(src: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(v4) = src else {
+        unreachable!()
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&v4.ip().octets());
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&v4.port().to_be_bytes());
+    h.extend_from_slice(&80u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn proxy_protocol_on_plain_and_redirect_listeners() {
+    let echo = echo();
+    let (port, redirect, admin) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "server:\n  listen:\n    - {{addr: \"127.0.0.1:{port}\", proxy_protocol: true}}\n    - {{addr: \"127.0.0.1:{redirect}\", redirect_https: 443, proxy_protocol: true}}\n  threads: 1\n  admin: \"127.0.0.1:{admin}\"\n  trusted_proxies: [\"127.0.0.1/32\"]\n{}",
+        upstream(&echo)
+    );
+    let gw = Gateway::start_raw(&yaml, port, admin);
+    let get = b"GET /x HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n";
+    let with = |header: &[u8], to: u16| {
+        let addr = SocketAddr::from(([127, 0, 0, 1], to));
+        raw_request(addr, &[header, get].concat())
+    };
+    let r = with(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n", port).expect("answered");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-real-ip").as_deref(),
+        Some("203.0.113.7")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.7")
+    );
+    let r = with(&proxy_v2("198.51.100.9:4000".parse().unwrap()), port).expect("answered");
+    assert_eq!(
+        r.upstream_header("x-real-ip").as_deref(),
+        Some("198.51.100.9")
+    );
+    // A balancer's health check (UNKNOWN) keeps the balancer as the client.
+    let r = with(b"PROXY UNKNOWN\r\n", port).expect("answered");
+    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("127.0.0.1"));
+    // Without a header, or with a broken one: closed, nothing proxied.
+    assert!(with(b"", port).is_none());
+    assert!(with(b"PROXY TCP4 nonsense\r\n", port).is_none());
+    assert!(with(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234\r\n", port).is_none());
+    assert_eq!(echo.hits(), 3);
+    // The redirect listener reads it too.
+    let r = with(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n", redirect).expect("answered");
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://api.example/x"));
+    assert!(with(b"", redirect).is_none());
+    assert!(gw.metric("portcullis_connections_dropped_total{reason=\"proxy_protocol\"}") >= 4.0);
+    drop(gw);
+
+    // From a peer that is not a trusted proxy, even a valid header is refused.
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "server:\n  listen:\n    - {{addr: \"127.0.0.1:{port}\", proxy_protocol: true}}\n  threads: 1\n  admin: \"127.0.0.1:{admin}\"\n  trusted_proxies: [\"10.0.0.0/8\"]\n{}",
+        upstream(&echo)
+    );
+    let _gw = Gateway::start_raw(&yaml, port, admin);
+    assert!(with(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n", port).is_none());
+    assert_eq!(echo.hits(), 3);
+}
+
+#[test]
+fn connection_limit_config_errors() {
+    let err = check_refuses_yaml(
+        "server:\n  listen: [{addr: \"127.0.0.1:8080\", proxy_protocol: true}]\n  limits: {header_timeout: 10ms, max_connections: 0}\nupstreams:\n  a: {peers: [\"127.0.0.1:1\"]}\nroutes:\n  - {prefix: /, upstream: a}\n",
+    );
+    assert_errors(
+        &err,
+        &[
+            (
+                "server.listen[0].proxy_protocol",
+                "needs server.trusted_proxies",
+            ),
+            ("server.limits.header_timeout", "out of range"),
+            ("server.limits.max_connections", "out of range"),
+        ],
+    );
+}
