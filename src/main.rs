@@ -237,7 +237,7 @@ fn demo(config: &std::path::Path) -> ExitCode {
     // Echo servers on every loopback peer, kept alive for the life of the process.
     let mut echoes = Vec::new();
     for pool in policy.upstreams.values() {
-        for (addr, _) in &pool.peers {
+        for (addr, _) in pool.peers() {
             if !addr.ip().is_loopback() {
                 continue;
             }

@@ -203,6 +203,9 @@ pub struct ServerConfig {
     pub request_id: Option<RequestIdConfig>,
     /// Bounds on what a client may send and hold.
     pub limits: Option<LimitsConfig>,
+    /// DNS servers (`IP` or `IP:PORT`) for upstreams with `resolve` (default: /etc/resolv.conf).
+    #[serde(default)]
+    pub resolver: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -321,6 +324,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             request_id: None,
             limits: None,
+            resolver: Vec::new(),
         }
     }
 }
@@ -434,6 +438,8 @@ pub struct UpstreamConfig {
     pub protocol: Option<UpstreamProtocol>,
     /// Concurrent streams per HTTP/2 connection to a peer (default 100).
     pub max_streams: Option<usize>,
+    /// Look the peers' names up again this often, e.g. `30s` (default: only at load).
+    pub resolve: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub tls_client_hellos: IntCounterVec,
     pub tls_client_certs_rejected: IntCounterVec,
+    pub dns_lookups: IntCounterVec,
     /// Open client connections on the proxy and redirect listeners.
     pub connections_open: IntGauge,
     /// Indexed by `edge::conn::Dropped`.
@@ -133,6 +134,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "portcullis_tls_client_certificates_rejected_total",
             "Client certificates that failed verification (mTLS), by profile.",
             &["profile"],
+        )?,
+        dns_lookups: counter(
+            "portcullis_dns_lookups_total",
+            "Background lookups of the peer names of upstreams with resolve, by upstream and result (ok, error; on error the last addresses stay).",
+            &["upstream", "result"],
         )?,
         connections_open: {
             let g = IntGauge::new(

@@ -125,13 +125,14 @@ fn warn_unused_keys(ctx: &Ctx) {
 
 impl Policy {
     /// Start the work that runs beside the request path for as long as this policy is alive:
-    /// watching the revocation file, health-checking upstream peers. (Each task holds a weak reference and ends with it.)
+    /// watching the revocation file, health-checking upstream peers, looking their names up again. (Each task holds a weak reference and ends with it.)
     pub fn start_background(&self) {
         if let Some(rev) = &self.revocation {
             Revocation::watch(rev);
         }
         for pool in self.upstreams.values() {
             crate::upstream::health::watch(pool);
+            crate::upstream::dns::watch(pool);
         }
         for set in self.key_sets.values() {
             if let Some(remote) = &set.remote {
@@ -212,7 +213,7 @@ impl Policy {
         let _ = writeln!(s, "upstreams ({}):", self.upstreams.len());
         for (name, u) in &self.upstreams {
             let peers: Vec<String> = u
-                .peers
+                .peers()
                 .iter()
                 .map(|(a, w)| {
                     if *w == 1 {

@@ -1,38 +1,51 @@
 //! The `upstreams` section compiled into pools: peers resolved, settings and health checks
 //! checked. A pool with any error is left out (routes naming it are not built).
 
+use super::dns::{self, Named, Nameservers, Resolve};
 use super::{HashKey, HealthCheck, HealthKind, PeerSettings, Pool, Tls, MAX_WEIGHT};
 use crate::config::{duration_field, Balance, Ctx, HealthCheckConfig, HealthKindConfig};
 use crate::config::{ConfigError, UpstreamConfig, UpstreamProtocol};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub fn compile(
     upstreams: &BTreeMap<String, UpstreamConfig>,
     ctx: &Ctx,
 ) -> BTreeMap<String, Arc<Pool>> {
     let mut out = BTreeMap::new();
+    let servers = nameservers(&ctx.config().server.resolver, ctx);
     for (name, u) in upstreams {
         let path = format!("upstreams.{name}");
         if u.peers.is_empty() {
             ctx.error(format!("{path}.peers"), "at least one peer is needed");
             continue;
         }
-        let peers = peers(&path, u, ctx);
         let before = ctx.error_count();
+        let (peers, resolve) = match &u.resolve {
+            None => (peers(&path, u, ctx), None),
+            Some(every) => {
+                let every = duration_field(
+                    format!("{path}.resolve"),
+                    &Some(every.clone()),
+                    Duration::from_secs(30),
+                    Duration::from_secs(1)..=Duration::from_secs(86_400),
+                    &mut ctx.errors(),
+                );
+                named_peers(&path, u, every, &servers, ctx)
+            }
+        };
         let hash_key = hash_key(&path, u, ctx);
         let settings = peer_settings(&path, u, &mut ctx.errors());
         let health_check = u
             .health_check
             .as_ref()
             .and_then(|h| health_check(&format!("{path}.health_check"), h, &settings, ctx));
-        if peers.len() == u.peers.len() && ctx.error_count() == before {
-            out.insert(
-                name.clone(),
-                Arc::new(Pool::with(name, peers, hash_key, settings, health_check)),
-            );
+        if ctx.error_count() == before {
+            let mut pool = Pool::with(name, peers, hash_key, settings, health_check);
+            pool.resolve = resolve;
+            out.insert(name.clone(), Arc::new(pool));
         }
     }
     out
@@ -59,6 +72,117 @@ fn peers(path: &str, u: &UpstreamConfig, ctx: &Ctx) -> Vec<(SocketAddr, u32)> {
         }
     }
     peers
+}
+
+/// `server.resolver`.
+fn nameservers(list: &[String], ctx: &Ctx) -> Nameservers {
+    if list.is_empty() {
+        return Nameservers::System;
+    }
+    let mut servers = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let parsed = s.parse::<SocketAddr>().or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(a) => servers.push(a),
+            Err(_) => ctx.error(
+                format!("server.resolver[{i}]"),
+                format!("{s:?} is not an IP address or IP:PORT (a resolver is given by address)"),
+            ),
+        }
+    }
+    Nameservers::Servers(servers)
+}
+
+/// The peers of an upstream with `resolve`: addresses as they are, names looked up now (every
+/// address of a name is a peer), and what the background lookups need.
+fn named_peers(
+    path: &str,
+    u: &UpstreamConfig,
+    every: Duration,
+    servers: &Nameservers,
+    ctx: &Ctx,
+) -> (Vec<(SocketAddr, u32)>, Option<Resolve>) {
+    let mut fixed: Vec<(SocketAddr, u32)> = Vec::new();
+    let mut named: Vec<(usize, Named)> = Vec::new();
+    for (i, p) in u.peers.iter().enumerate() {
+        let ppath = format!("{path}.peers[{i}]");
+        if p.weight() == 0 || p.weight() > MAX_WEIGHT {
+            ctx.error(
+                format!("{ppath}.weight"),
+                format!("weight {} is out of range 1..={MAX_WEIGHT}", p.weight()),
+            );
+            continue;
+        }
+        if let Ok(a) = p.addr().parse::<SocketAddr>() {
+            if fixed.iter().any(|(f, _)| *f == a) {
+                ctx.error(ppath, format!("peer {a} is listed twice"));
+            } else {
+                fixed.push((a, p.weight()));
+            }
+            continue;
+        }
+        let parsed = p
+            .addr()
+            .rsplit_once(':')
+            .and_then(|(h, port)| Some((h, port.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty() && !h.contains(['/', ' ', '[', ']']));
+        match parsed {
+            Some((host, port)) => named.push((
+                i,
+                Named {
+                    host: host.to_ascii_lowercase(),
+                    port,
+                    weight: p.weight(),
+                },
+            )),
+            None => ctx.error(
+                ppath,
+                format!("peer {:?} is not HOST:PORT or IP:PORT", p.addr()),
+            ),
+        }
+    }
+    if named.is_empty() {
+        ctx.warn(format!(
+            "{path}.resolve: no peer is given by name, nothing to look up"
+        ));
+    }
+    let names: Vec<Named> = named.iter().map(|(_, n)| n.clone()).collect();
+    let answers = if names.is_empty() {
+        Vec::new()
+    } else {
+        dns::lookup_all_now(servers, &names)
+    };
+    let mut valid_until = Instant::now() + every;
+    let mut initial = Vec::new();
+    for (host, answer) in answers {
+        match answer {
+            Ok((ips, until)) => {
+                valid_until = valid_until.min(until);
+                initial.push((host, Some(ips)));
+            }
+            Err(e) => {
+                let i = named
+                    .iter()
+                    .find(|(_, n)| n.host == host)
+                    .map_or(0, |(i, _)| *i);
+                ctx.error(format!("{path}.peers[{i}]"), e);
+                initial.push((host, None));
+            }
+        }
+    }
+    let resolve = Resolve {
+        every,
+        servers: servers.clone(),
+        fixed,
+        named: names,
+        initial,
+        valid_until,
+    };
+    let peers = dns::peers_from(&resolve, &resolve.initial).unwrap_or_default();
+    (peers, Some(resolve))
 }
 
 fn hash_key(path: &str, u: &UpstreamConfig, ctx: &Ctx) -> Option<HashKey> {

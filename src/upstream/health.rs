@@ -65,28 +65,23 @@ pub fn watch(pool: &Arc<Pool>) {
     crate::background::spawn(async move {
         loop {
             let Some(pool) = weak.upgrade() else { return };
-            let probes: Vec<_> = pool
-                .peers
+            let peers = pool.peers();
+            let probes: Vec<_> = peers
                 .iter()
                 .map(|(addr, _)| {
                     let (addr, hc) = (*addr, hc.clone());
                     tokio::spawn(async move { probe(addr, &hc).await })
                 })
                 .collect();
-            for (i, p) in probes.into_iter().enumerate() {
+            for ((addr, _), p) in peers.iter().zip(probes) {
                 let ok = p.await.unwrap_or(false);
-                match pool.record_check(i, ok) {
+                match pool.record_check(addr, ok) {
                     Some(false) => log::warn!(
-                        "upstream {}: peer {} is down (failed {} checks)",
+                        "upstream {}: peer {addr} is down (failed {} checks)",
                         pool.name,
-                        pool.peers[i].0,
                         hc.unhealthy_after
                     ),
-                    Some(true) => log::info!(
-                        "upstream {}: peer {} is back up",
-                        pool.name,
-                        pool.peers[i].0
-                    ),
+                    Some(true) => log::info!("upstream {}: peer {addr} is back up", pool.name),
                     None => {}
                 }
             }

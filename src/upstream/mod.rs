@@ -1,16 +1,19 @@
 //! Upstream pools: a set of peers, how one is picked for a request, and their health.
 
 pub mod compile;
+pub mod dns;
 pub mod health;
 
 pub use health::{HealthCheck, HealthKind};
 
+use arc_swap::ArcSwap;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The largest weight one peer may have (the selector repeats a peer `weight` times).
@@ -69,17 +72,45 @@ struct PeerHealth {
     failures: AtomicU32,
 }
 
+impl PeerHealth {
+    fn new(healthy: bool) -> PeerHealth {
+        PeerHealth {
+            healthy: AtomicBool::new(healthy),
+            successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+}
+
+/// The peers of a pool at one time, and what picks among them. Replaced whole when DNS
+/// re-resolution finds other addresses (requests in flight keep the set they started with).
+struct Members {
+    peers: Vec<(SocketAddr, u32)>,
+    selector: Selector,
+    health: Vec<PeerHealth>,
+}
+
+impl Members {
+    fn index(&self, addr: &SocketAddr) -> Option<usize> {
+        self.peers.iter().position(|(a, _)| a == addr)
+    }
+
+    fn is_healthy(&self, addr: &SocketAddr) -> bool {
+        self.index(addr)
+            .is_some_and(|i| self.health[i].healthy.load(Ordering::Relaxed))
+    }
+}
+
 /// A named pool of peers.
 pub struct Pool {
     pub name: String,
-    /// Peers with their weights, in configuration order.
-    pub peers: Vec<(SocketAddr, u32)>,
-    selector: Selector,
+    members: ArcSwap<Members>,
     /// Set for consistent hashing.
     pub hash_key: Option<HashKey>,
     pub settings: PeerSettings,
     pub health_check: Option<HealthCheck>,
-    health: Vec<PeerHealth>,
+    /// Set when the peers' names are looked up again while the pool is in use.
+    pub resolve: Option<dns::Resolve>,
     /// `portcullis_upstream_duration_seconds{upstream=name}`.
     pub duration: prometheus::Histogram,
 }
@@ -88,7 +119,7 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("name", &self.name)
-            .field("peers", &self.peers)
+            .field("peers", &self.peers())
             .field("hash_key", &self.hash_key)
             .finish_non_exhaustive()
     }
@@ -126,48 +157,75 @@ impl Pool {
         settings: PeerSettings,
         health_check: Option<HealthCheck>,
     ) -> Pool {
-        let selector = match hash_key {
-            None => Selector::RoundRobin(lb(&peers)),
-            Some(_) => Selector::Hash(lb(&peers)),
-        };
-        let health = peers
-            .iter()
-            .map(|_| PeerHealth {
-                healthy: AtomicBool::new(true),
-                successes: AtomicU32::new(0),
-                failures: AtomicU32::new(0),
-            })
-            .collect();
+        let members = Pool::members(peers, hash_key.is_some(), None);
         Pool {
             name: name.to_string(),
-            peers,
-            selector,
+            members: ArcSwap::from_pointee(members),
             hash_key,
             settings,
             health_check,
-            health,
+            resolve: None,
             duration: crate::observe::metrics()
                 .upstream_duration
                 .with_label_values(&[name]),
         }
     }
 
-    fn index(&self, addr: &SocketAddr) -> Option<usize> {
-        self.peers.iter().position(|(a, _)| a == addr)
+    /// A member set; peers that were in `before` keep their health.
+    fn members(peers: Vec<(SocketAddr, u32)>, hashed: bool, before: Option<&Members>) -> Members {
+        let selector = match hashed {
+            false => Selector::RoundRobin(lb(&peers)),
+            true => Selector::Hash(lb(&peers)),
+        };
+        let health = peers
+            .iter()
+            .map(|(a, _)| {
+                let old = before.and_then(|m| m.index(a).map(|i| &m.health[i]));
+                let h = PeerHealth::new(old.is_none_or(|h| h.healthy.load(Ordering::Relaxed)));
+                if let Some(old) = old {
+                    h.successes
+                        .store(old.successes.load(Ordering::Relaxed), Ordering::Relaxed);
+                    h.failures
+                        .store(old.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                h
+            })
+            .collect();
+        Members {
+            peers,
+            selector,
+            health,
+        }
+    }
+
+    /// The peers now, with their weights, in configuration order.
+    pub fn peers(&self) -> Vec<(SocketAddr, u32)> {
+        self.members.load().peers.clone()
+    }
+
+    /// Replace the peers (after a DNS lookup found others); true if they changed. New
+    /// connections go to the new set; those open or in flight to a removed peer finish.
+    pub fn set_peers(&self, peers: Vec<(SocketAddr, u32)>) -> bool {
+        let now = self.members.load();
+        if now.peers == peers {
+            return false;
+        }
+        let next = Pool::members(peers, self.hash_key.is_some(), Some(&now));
+        self.members.store(Arc::new(next));
+        true
     }
 
     /// Is this peer in service (as far as health checks know)?
     pub fn is_healthy(&self, addr: &SocketAddr) -> bool {
-        self.index(addr)
-            .is_some_and(|i| self.health[i].healthy.load(Ordering::Relaxed))
+        self.members.load().is_healthy(addr)
     }
 
-    /// Record one health check result for the peer at `index`; returns the peer's new state
+    /// Record one health check result for the peer `addr`; returns the peer's new state
     /// when it changed.
-    pub fn record_check(&self, index: usize, ok: bool) -> Option<bool> {
-        let (Some(h), Some(hc)) = (self.health.get(index), &self.health_check) else {
-            return None;
-        };
+    pub fn record_check(&self, addr: &SocketAddr, ok: bool) -> Option<bool> {
+        let members = self.members.load();
+        let i = members.index(addr)?;
+        let (h, hc) = (&members.health[i], self.health_check.as_ref()?);
         if ok {
             h.failures.store(0, Ordering::Relaxed);
             let n = h.successes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -187,14 +245,15 @@ impl Pool {
     /// Pick a healthy peer, skipping those in `avoid` (peers that already failed this request).
     /// `key` is hashed for consistent hashing and ignored by round robin.
     pub fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
-        let limit = 16 + self.peers.len() * 2;
+        let members = self.members.load();
+        let limit = 16 + members.peers.len() * 2;
         let accept = |b: &Backend, ready: bool| {
             ready
                 && b.addr
                     .as_inet()
-                    .is_some_and(|a| !avoid.contains(a) && self.is_healthy(a))
+                    .is_some_and(|a| !avoid.contains(a) && members.is_healthy(a))
         };
-        let chosen = match &self.selector {
+        let chosen = match &members.selector {
             Selector::RoundRobin(lb) => lb.select_with(b"", limit, accept),
             Selector::Hash(lb) => lb.select_with(key, limit, accept),
         };
@@ -300,21 +359,21 @@ mod tests {
             PeerSettings::default(),
             Some(hc),
         );
-        assert_eq!(pool.record_check(0, false), None);
+        assert_eq!(pool.record_check(&addr(1), false), None);
         assert!(pool.is_healthy(&addr(1)));
-        assert_eq!(pool.record_check(0, false), Some(false));
+        assert_eq!(pool.record_check(&addr(1), false), Some(false));
         assert!(!pool.is_healthy(&addr(1)));
         for _ in 0..10 {
             assert_eq!(pool.select(b"", &[]), Some(addr(2)));
         }
-        assert_eq!(pool.record_check(0, true), None);
-        assert_eq!(pool.record_check(0, true), None);
-        assert_eq!(pool.record_check(0, true), Some(true));
+        assert_eq!(pool.record_check(&addr(1), true), None);
+        assert_eq!(pool.record_check(&addr(1), true), None);
+        assert_eq!(pool.record_check(&addr(1), true), Some(true));
         assert!(pool.is_healthy(&addr(1)));
-        pool.record_check(1, false);
-        pool.record_check(1, false);
-        pool.record_check(0, false);
-        pool.record_check(0, false);
+        pool.record_check(&addr(2), false);
+        pool.record_check(&addr(2), false);
+        pool.record_check(&addr(1), false);
+        pool.record_check(&addr(1), false);
         assert_eq!(pool.select(b"", &[]), None, "all down: no peer");
     }
 }
