@@ -46,12 +46,14 @@ impl Live {
                 (name.clone(), r)
             })
             .collect();
+        // Every profile gets a verifier, asking for certificates or not, so that a reload can
+        // turn client_auth on or off.
         let client_verifiers = policy
             .tls
             .iter()
-            .filter_map(|(name, p)| {
-                let c = p.client_auth.clone()?;
-                Some((name.clone(), crate::tls::ClientVerifier::new(name, c)))
+            .map(|(name, p)| {
+                let v = crate::tls::ClientVerifier::new(name, p.client_auth.clone());
+                (name.clone(), v)
             })
             .collect();
         Ok(Arc::new(Live {
@@ -147,12 +149,8 @@ impl Reloader {
                     "tls.{name} was removed: its listeners keep their certificates until a restart"
                 ),
             }
-            let verifier = self.live.client_verifiers.get(name);
-            let client_auth = new.tls.get(name).and_then(|p| p.client_auth.clone());
-            match (verifier, client_auth) {
-                (Some(v), Some(c)) => v.install(c),
-                (None, None) => {}
-                _ => log::warn!("tls.{name}.client_auth was added or removed: restart to apply"),
+            if let (Some(v), Some(p)) = (self.live.client_verifiers.get(name), new.tls.get(name)) {
+                v.install(p.client_auth.clone());
             }
         }
         // The access log: keep the running writer unless its target or claims changed.

@@ -8,7 +8,7 @@ use common::certs::{Ca, Leaf};
 use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Run tests/tls_client.py against `port` with `args`.
@@ -605,6 +605,63 @@ fn required_client_certificates_fail_the_handshake_without_one() {
         "portcullis_tls_handshakes_total{{client_cert=\"yes\",listener=\"127.0.0.1:{port}\"}}"
     );
     assert_eq!(m(&done), 1.0);
+}
+
+/// What `openssl s_client` prints for a handshake without a client certificate.
+fn s_client(port: u16) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "api.test"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn client_auth_names_its_ca_and_turns_on_and_off_at_reload() {
+    let s = setup();
+    let clients_dir = s.dir.join("clients");
+    std::fs::create_dir_all(&clients_dir).unwrap();
+    let clients = Ca::named(&clients_dir, "portcullis clients CA");
+    let (alice, _) = clients.client(&clients_dir, "alice", "alice");
+    let echo = echo();
+    let (gw, port) = mtls_gateway(&s, &clients, true, &echo);
+    // The CertificateRequest names the CA, so a client with several certificates can pick.
+    let hello = s_client(port);
+    let hints = hello
+        .split("Acceptable client certificate CA names")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(hints.contains("CN = portcullis clients CA"), "{hello}");
+    let bare = || client(port, &["--get", "/plain/x"]);
+    let alice_get = || {
+        let (c, k) = (alice.cert.to_str().unwrap(), alice.key.to_str().unwrap());
+        client(port, &["--cert", c, "--key", k, "--get", "/plain/x"])
+    };
+    assert!(bare().get("error").is_some());
+    // client_auth removed at reload: no certificate is asked for from the next handshake.
+    let conf = gw.dir.join("portcullis.yaml");
+    let with_auth = std::fs::read_to_string(&conf).unwrap();
+    let without: String = with_auth
+        .lines()
+        .filter(|l| !l.contains("client_auth"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&conf, &without).unwrap();
+    gw.signal("-HUP");
+    eventually("no certificate asked", Duration::from_secs(5), || {
+        (bare()["statuses"] == json!([401])).then_some(())
+    });
+    assert!(!s_client(port).contains("Acceptable client certificate CA names"));
+    // And added back: required again.
+    std::fs::write(&conf, &with_auth).unwrap();
+    gw.signal("-HUP");
+    eventually("certificate required again", Duration::from_secs(5), || {
+        bare().get("error").is_some().then_some(())
+    });
+    assert_eq!(alice_get()["statuses"], json!([401]));
+    assert!(!gw.log().contains("restart to apply"), "{}", gw.log());
 }
 
 /// The same refusals over HTTP/1.1 and h2: status, challenge, rate-limit headers and body.

@@ -2,7 +2,7 @@
 //! reload, and what a verified client certificate tells the request path.
 
 use crate::config::{ClientAuthConfig, Ctx};
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -15,6 +15,29 @@ use std::sync::Arc;
 pub struct ClientAuth {
     pub required: bool,
     verifier: Arc<dyn ClientCertVerifier>,
+    /// The CA subjects sent in the CertificateRequest, so a client holding several
+    /// certificates picks one this CA signed.
+    hints: &'static [DistinguishedName],
+}
+
+/// The hint list for these subjects. It must outlive any swap of the verifier, so each
+/// distinct list is kept for the life of the process (one per CA file content ever loaded).
+fn hints(subjects: Vec<DistinguishedName>) -> &'static [DistinguishedName] {
+    static SEEN: std::sync::Mutex<Vec<&'static [DistinguishedName]>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let same = |h: &[DistinguishedName]| {
+        h.len() == subjects.len()
+            && h.iter()
+                .zip(&subjects)
+                .all(|(a, b)| a.as_ref() == b.as_ref())
+    };
+    if let Some(h) = seen.iter().find(|h| same(h)) {
+        return h;
+    }
+    let h: &'static [DistinguishedName] = Vec::leak(subjects);
+    seen.push(h);
+    h
 }
 
 /// Load the CA file and build the verifier; errors at `path` (`tls.NAME.client_auth`).
@@ -44,6 +67,7 @@ pub fn compile(c: &ClientAuthConfig, path: &str, ctx: &Ctx) -> Option<ClientAuth
         );
         return None;
     }
+    let subjects = roots.subjects();
     let builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider().clone());
     let builder = if c.required {
@@ -55,6 +79,7 @@ pub fn compile(c: &ClientAuthConfig, path: &str, ctx: &Ctx) -> Option<ClientAuth
         Ok(verifier) => Some(ClientAuth {
             required: c.required,
             verifier,
+            hints: hints(subjects),
         }),
         Err(e) => {
             ctx.error(format!("{path}.ca"), format!("{file:?}: {e}"));
@@ -63,42 +88,45 @@ pub fn compile(c: &ClientAuthConfig, path: &str, ctx: &Ctx) -> Option<ClientAuth
     }
 }
 
-/// The verifier a TLS listener holds for the life of the process; a reload swaps what it
-/// checks against (CA, `required`).
+/// The verifier every TLS listener holds for the life of the process; a reload swaps what it
+/// checks against (CA, `required`), or turns client certificates on or off for the profile.
 #[derive(Debug)]
 pub struct ClientVerifier {
-    current: ArcSwap<ClientAuth>,
+    current: ArcSwapOption<ClientAuth>,
     rejected: prometheus::IntCounter,
 }
 
+fn not_asked() -> rustls::Error {
+    rustls::Error::General("this listener does not ask for client certificates".into())
+}
+
 impl ClientVerifier {
-    pub fn new(profile: &str, c: Arc<ClientAuth>) -> Arc<ClientVerifier> {
+    pub fn new(profile: &str, c: Option<Arc<ClientAuth>>) -> Arc<ClientVerifier> {
         Arc::new(ClientVerifier {
-            current: ArcSwap::new(c),
+            current: ArcSwapOption::new(c),
             rejected: crate::observe::metrics::metrics()
                 .tls_client_certs_rejected
                 .with_label_values(&[profile]),
         })
     }
 
-    pub fn install(&self, c: Arc<ClientAuth>) {
+    /// From the next handshake on; `None`: no certificate is asked for.
+    pub fn install(&self, c: Option<Arc<ClientAuth>>) {
         self.current.store(c);
     }
 }
 
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
-        true
+        self.current.load().is_some()
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.current.load().required
+        self.current.load().as_ref().is_some_and(|c| c.required)
     }
 
-    /// No hints: the list would have to outlive a swap. Clients send the certificate they
-    /// have; it is verified against the CA all the same.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
+        self.current.load().as_ref().map_or(&[], |c| c.hints)
     }
 
     fn verify_client_cert(
@@ -107,11 +135,13 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verdict =
-            self.current
-                .load()
+        let current = self.current.load();
+        let verdict = match current.as_ref() {
+            Some(c) => c
                 .verifier
-                .verify_client_cert(end_entity, intermediates, now);
+                .verify_client_cert(end_entity, intermediates, now),
+            None => Err(not_asked()),
+        };
         if verdict.is_err() {
             self.rejected.inc();
         }
@@ -124,10 +154,10 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verifier
-            .verify_tls12_signature(message, cert, dss)
+        match self.current.load().as_ref() {
+            Some(c) => c.verifier.verify_tls12_signature(message, cert, dss),
+            None => Err(not_asked()),
+        }
     }
 
     fn verify_tls13_signature(
@@ -136,14 +166,19 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verifier
-            .verify_tls13_signature(message, cert, dss)
+        match self.current.load().as_ref() {
+            Some(c) => c.verifier.verify_tls13_signature(message, cert, dss),
+            None => Err(not_asked()),
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current.load().verifier.supported_verify_schemes()
+        match self.current.load().as_ref() {
+            Some(c) => c.verifier.supported_verify_schemes(),
+            None => super::provider()
+                .signature_verification_algorithms
+                .supported_schemes(),
+        }
     }
 }
 

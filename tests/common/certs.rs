@@ -23,11 +23,16 @@ fn sha256_hex(der: &[u8]) -> String {
 
 impl Ca {
     pub fn new(dir: &Path) -> Ca {
+        Ca::named(dir, "portcullis test CA")
+    }
+
+    /// A CA whose subject is `CN=cn`.
+    pub fn named(dir: &Path, cn: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "portcullis test CA");
+            .push(rcgen::DnType::CommonName, cn);
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let pem = dir.join("ca.pem");
         std::fs::write(&pem, issuer.pem()).unwrap();
