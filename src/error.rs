@@ -99,6 +99,8 @@ pub enum Reject {
     },
     /// 503: the keys to check the token with are not loaded (remote key set not fetched yet).
     KeysUnavailable,
+    /// 503: a shared rate limit could not be checked (Redis down, `on_error: deny`).
+    LimitUnavailable,
     /// 429 from a rate limit.
     TooManyRequests {
         limit: u32,
@@ -139,7 +141,7 @@ impl Reject {
         match self {
             Reject::Unauthorized { .. } => 401,
             Reject::Forbidden { .. } => 403,
-            Reject::KeysUnavailable => 503,
+            Reject::KeysUnavailable | Reject::LimitUnavailable => 503,
             Reject::TooManyRequests { .. } => 429,
             Reject::NotFound => 404,
             Reject::MethodNotAllowed { .. } => 405,
@@ -190,6 +192,10 @@ impl Reject {
                 "temporarily_unavailable",
                 AuthError::KeysUnavailable.description(),
             ),
+            Reject::LimitUnavailable => (
+                "temporarily_unavailable",
+                "the rate limit cannot be checked now",
+            ),
             Reject::NotFound => ("not_found", "no route matches this request"),
             Reject::MethodNotAllowed { .. } => ("method_not_allowed", "method not allowed here"),
             Reject::BadRequest(why) => ("bad_request", *why),
@@ -219,6 +225,9 @@ impl Reject {
         }
         if matches!(self, Reject::KeysUnavailable) {
             let _ = h.insert_header(http::header::RETRY_AFTER, "5");
+        }
+        if matches!(self, Reject::LimitUnavailable) {
+            let _ = h.insert_header(http::header::RETRY_AFTER, "1");
         }
         if let Reject::MethodNotAllowed { allow } = self {
             let _ = h.insert_header(http::header::ALLOW, allow.as_str());

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod background;
+pub mod cluster;
 pub mod config;
 pub mod der;
 pub mod echo;

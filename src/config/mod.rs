@@ -130,6 +130,7 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     pub access_log: Option<AccessLogConfig>,
     pub tls: BTreeMap<String, TlsProfileConfig>,
+    pub cluster: Option<ClusterConfig>,
     /// `section.name` of entries that are present but failed to parse (already reported):
     /// references to them are not reported again as unknown.
     pub broken: BTreeSet<String>,
@@ -617,6 +618,54 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// Bound on distinct keys tracked (default 100000).
     pub max_keys: Option<usize>,
+    /// `local` (default): this instance's buckets; `cluster`: shared through `cluster.redis`.
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// With `scope: cluster`: admit locally and share the counts this often (not yet).
+    pub sync: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Local,
+    Cluster,
+}
+
+/// `cluster`: state shared by the gateway instances.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub redis: RedisConfig,
+    /// When Redis cannot answer: `local` (default), `allow` or `deny`.
+    #[serde(default)]
+    pub on_error: OnErrorConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user@]host[:port][/db]`.
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes, instead of `url`.
+    pub nodes: Option<Vec<String>>,
+    pub username: Option<String>,
+    /// The environment variable that holds the password.
+    pub password_env: Option<String>,
+    /// Per command (default 100ms).
+    pub timeout: Option<String>,
+    /// Before every key (default `portcullis:`).
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnErrorConfig {
+    #[default]
+    Local,
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -674,6 +723,7 @@ const SECTIONS: &[&str] = &[
     "rate_limits",
     "access_log",
     "tls",
+    "cluster",
 ];
 
 /// Read and parse a config file. A file that cannot be read or is not YAML is an error here;
@@ -755,6 +805,7 @@ pub fn parse(text: &str) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>>
             "tls" => config.tls = named(&key, v, &mut errors, &mut config.broken),
             "revocation" => config.revocation = entry(&key, v, &mut errors),
             "access_log" => config.access_log = entry(&key, v, &mut errors),
+            "cluster" => config.cluster = entry(&key, v, &mut errors),
             "routes" => match v {
                 Value::Sequence(items) => {
                     for (i, item) in items.into_iter().enumerate() {

@@ -1,7 +1,9 @@
 //! The `rate_limits` and `revocation` sections compiled into limiters and the revocation set.
 
 use super::{parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS};
-use crate::config::{Ctx, RateLimitConfig, RevocationConfig};
+use crate::cluster::limit::SharedLimit;
+use crate::cluster::Cluster;
+use crate::config::{Ctx, LimitScope, RateLimitConfig, RevocationConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ pub fn revocation(r: Option<&RevocationConfig>, ctx: &Ctx) -> Option<Arc<Revocat
 /// reload) is that limiter, buckets and all.
 pub fn rate_limits(
     limits: &BTreeMap<String, RateLimitConfig>,
+    cluster: Option<&Arc<Cluster>>,
     ctx: &Ctx,
     previous: Option<&BTreeMap<String, Arc<RateLimiter>>>,
 ) -> BTreeMap<String, Arc<RateLimiter>> {
@@ -48,8 +51,35 @@ pub fn rate_limits(
                 format!("{max_keys} is out of range 64..=10000000"),
             );
         }
+        let shared = match (l.scope, cluster) {
+            (LimitScope::Local, _) => None,
+            (LimitScope::Cluster, None) => {
+                ctx.error(
+                    format!("{path}.scope"),
+                    "cluster needs a cluster section (the Redis to share the limit through)",
+                );
+                None
+            }
+            (LimitScope::Cluster, Some(c)) => Some(c),
+        };
+        if l.sync.is_some() {
+            ctx.error(
+                format!("{path}.sync"),
+                "not supported yet: scope: cluster limits are exact (one Redis step per request)",
+            );
+        }
         if let (Some(key), Some(rate), true) = (key, rate, ctx.error_count() == before) {
-            let fresh = RateLimiter::new(name, key, rate, l.burst, max_keys);
+            let mut fresh = RateLimiter::new(name, key, rate, l.burst, max_keys);
+            if let Some(c) = shared {
+                fresh.shared = Some(SharedLimit::new(
+                    c.redis.clone(),
+                    &c.key_prefix,
+                    name,
+                    rate,
+                    l.burst,
+                ));
+                fresh.on_error = c.on_error;
+            }
             let kept = previous
                 .and_then(|p| p.get(name))
                 .filter(|old| old.same_definition(&fresh))

@@ -76,6 +76,10 @@ pub struct RateLimiter {
     hasher: RandomState,
     /// `portcullis_rate_limited_total{limit=name}`.
     pub limited: prometheus::IntCounter,
+    /// `scope: cluster`: the bucket lives in Redis; the local buckets are the `on_error: local`
+    /// fallback.
+    pub shared: Option<crate::cluster::limit::SharedLimit>,
+    pub on_error: crate::cluster::OnError,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -115,6 +119,8 @@ impl RateLimiter {
             limited: crate::observe::metrics()
                 .rate_limited
                 .with_label_values(&[name]),
+            shared: None,
+            on_error: crate::cluster::OnError::Local,
         }
     }
 
@@ -186,6 +192,12 @@ impl RateLimiter {
             && self.rate == other.rate
             && self.burst == other.burst
             && self.max_keys == other.max_keys
+            && self.on_error == other.on_error
+            && match (&self.shared, &other.shared) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(&a.redis, &b.redis),
+                _ => false,
+            }
     }
 
     /// Buckets held now (for tests and the bound).

@@ -78,16 +78,18 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
-            "/readyz" => match self.not_ready().await {
-                None => reply(200, "application/json", br#"{"ready":true}"#.to_vec()),
-                Some(reason) => reply(
-                    503,
-                    "application/json",
-                    serde_json::json!({"ready": false, "reason": reason})
-                        .to_string()
-                        .into_bytes(),
-                ),
-            },
+            "/readyz" => {
+                let (status, mut doc) = match self.not_ready().await {
+                    None => (200, serde_json::json!({"ready": true})),
+                    Some(reason) => (503, serde_json::json!({"ready": false, "reason": reason})),
+                };
+                // Redis's state is reported, not judged: without it the gateway still serves
+                // (cluster.on_error), so taking the instance out of rotation would not help.
+                if let Some(c) = &self.live.policy.load().cluster {
+                    doc["redis"] = serde_json::json!(c.redis.state());
+                }
+                reply(status, "application/json", doc.to_string().into_bytes())
+            }
             "/metrics" => reply(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub tls_client_hellos: IntCounterVec,
     pub tls_client_certs_rejected: IntCounterVec,
     pub dns_lookups: IntCounterVec,
+    /// 1 while this instance's Redis (`cluster`) answers.
+    pub redis_up: IntGauge,
+    /// Indexed by `cluster::Failure`.
+    pub redis_errors: Vec<IntCounter>,
     /// Open client connections on the proxy and redirect listeners.
     pub connections_open: IntGauge,
     /// Indexed by `edge::conn::Dropped`.
@@ -140,6 +144,25 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Background lookups of the peer names of upstreams with resolve, by upstream and result (ok, error; on error the last addresses stay).",
             &["upstream", "result"],
         )?,
+        redis_up: {
+            let g = IntGauge::new(
+                "portcullis_redis_up",
+                "1 while the cluster section's Redis answers, 0 while shared state falls back to cluster.on_error.",
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        redis_errors: {
+            let c = counter(
+                "portcullis_redis_errors_total",
+                "Redis commands without an answer, by kind: down (not tried: Redis was unreachable), timeout, connection, reply (Redis answered an error).",
+                &["kind"],
+            )?;
+            crate::cluster::Failure::ALL
+                .iter()
+                .map(|f| c.with_label_values(&[f.label()]))
+                .collect()
+        },
         connections_open: {
             let g = IntGauge::new(
                 "portcullis_connections_open",

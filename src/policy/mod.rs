@@ -41,6 +41,8 @@ pub struct Policy {
     pub strip_headers: Vec<HeaderName>,
     pub revocation: Option<Arc<Revocation>>,
     pub rate_limits: BTreeMap<String, Arc<RateLimiter>>,
+    /// The `cluster` section: the Redis that `scope: cluster` limits share.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Where the access log goes and which claims it shows; `None`: no access log.
     pub access_log: Option<(Target, Vec<String>)>,
     /// Non-fatal remarks for the operator.
@@ -65,8 +67,14 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     let policies = crate::auth::compile::compile(&cfg.auth, &key_sets, &ctx);
     let revocation = crate::limit::compile::revocation(cfg.revocation.as_ref(), &ctx);
     let access_log = crate::observe::access_log::compile(cfg.access_log.as_ref(), &ctx);
+    let cluster = crate::cluster::compile(
+        cfg.cluster.as_ref(),
+        &ctx,
+        previous.and_then(|p| p.cluster.as_ref()),
+    );
     let rate_limits = crate::limit::compile::rate_limits(
         &cfg.rate_limits,
+        cluster.as_ref(),
         &ctx,
         previous.map(|p| &p.rate_limits),
     );
@@ -107,6 +115,7 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
         strip_headers: policies.strip_headers,
         revocation,
         rate_limits,
+        cluster,
         access_log,
         warnings,
     })
@@ -129,6 +138,9 @@ impl Policy {
     pub fn start_background(&self) {
         if let Some(rev) = &self.revocation {
             Revocation::watch(rev);
+        }
+        if let Some(c) = &self.cluster {
+            c.redis.start();
         }
         for pool in self.upstreams.values() {
             crate::upstream::health::watch(pool);
@@ -228,12 +240,26 @@ impl Policy {
         if !self.rate_limits.is_empty() {
             let _ = writeln!(s, "rate limits ({}):", self.rate_limits.len());
             for (name, l) in &self.rate_limits {
+                let scope = match &l.shared {
+                    Some(_) => format!("shared in redis, on error {:?}", l.on_error).to_lowercase(),
+                    None => format!("at most {} keys", l.max_keys),
+                };
                 let _ = writeln!(
                     s,
-                    "  {name:<16} key {}, {}/s, burst {}, at most {} keys",
-                    l.key, l.rate, l.burst, l.max_keys
+                    "  {name:<16} key {}, {}/s, burst {}, {scope}",
+                    l.key, l.rate, l.burst
                 );
             }
+        }
+        if let Some(c) = &self.cluster {
+            let _ = writeln!(
+                s,
+                "cluster: redis {} (timeout {:?}, prefix {:?}, on error {})",
+                c.redis.target,
+                c.redis.timeout,
+                c.key_prefix,
+                format!("{:?}", c.on_error).to_lowercase()
+            );
         }
         if let Some(r) = &self.revocation {
             let set = r.snapshot();

@@ -113,8 +113,19 @@ fn client_cert_digest(session: &Session) -> Option<&[u8]> {
 }
 
 /// Take a token from a limiter, or say (and count) why not.
-fn admit(limiter: &RateLimiter, key: &[u8]) -> std::result::Result<(), Reject> {
-    let d = limiter.check(key, clock_nanos());
+async fn admit(limiter: &RateLimiter, key: &[u8]) -> std::result::Result<(), Reject> {
+    let d = match &limiter.shared {
+        None => limiter.check(key, clock_nanos()),
+        // Boxed: the Redis call's state stays off the request future of local limits.
+        Some(shared) => match Box::pin(shared.check(key)).await {
+            Ok(d) => d,
+            Err(_) => match limiter.on_error {
+                crate::cluster::OnError::Local => limiter.check(key, clock_nanos()),
+                crate::cluster::OnError::Allow => return Ok(()),
+                crate::cluster::OnError::Deny => return Err(Reject::LimitUnavailable),
+            },
+        },
+    };
     if d.allowed {
         return Ok(());
     }
@@ -665,7 +676,7 @@ impl Gateway {
                 LimitKey::Header(h) => limit_key_header(req, h),
                 _ => ip_key(ctx.client_ip),
             };
-            admit(limiter, &key)?;
+            admit(limiter, &key).await?;
         }
         if route.auth.is_empty() {
             return self.render_headers(session, ctx, &route);
@@ -704,7 +715,7 @@ impl Gateway {
         // budget.
         for limiter in &route.post_auth_limits {
             if let LimitKey::Claim(c) = &limiter.key {
-                admit(limiter, &claim_key(&token.claims, c))?;
+                admit(limiter, &claim_key(&token.claims, c)).await?;
             }
         }
         if let Some(HashKey::Claim(c)) = &route.upstream.hash_key {

@@ -1,0 +1,130 @@
+//! Cluster mode: state shared by the gateway instances through Redis (or Valkey). Compiled from
+//! the `cluster` section; without it everything stays in the process, as before.
+
+pub mod limit;
+pub mod redis;
+
+pub use self::redis::{Failure, Redis};
+
+use crate::config::{ClusterConfig, Ctx, OnErrorConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a shared limit does when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// This instance's own bucket for the key (the limit holds per instance).
+    Local,
+    Allow,
+    /// 503.
+    Deny,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub redis: Arc<Redis>,
+    pub on_error: OnError,
+    pub key_prefix: String,
+    /// The section it was compiled from (a reload with the same one keeps the connection).
+    config: ClusterConfig,
+}
+
+/// The `cluster` section. It only checks and builds: nothing connects until `start`.
+pub fn compile(
+    c: Option<&ClusterConfig>,
+    ctx: &Ctx,
+    previous: Option<&Arc<Cluster>>,
+) -> Option<Arc<Cluster>> {
+    let c = c?;
+    if let Some(p) = previous.filter(|p| p.config == *c) {
+        return Some(p.clone());
+    }
+    let r = &c.redis;
+    let url = match (&r.url, &r.nodes) {
+        (Some(_), Some(_)) => {
+            ctx.error(
+                "cluster.redis",
+                "url and nodes exclude each other: one Redis, or a Redis Cluster",
+            );
+            return None;
+        }
+        (None, None) => {
+            ctx.error(
+                "cluster.redis",
+                "needs url (one Redis) or nodes (a Redis Cluster)",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            ctx.error(
+                "cluster.redis.nodes",
+                "Redis Cluster is not supported yet: use url",
+            );
+            return None;
+        }
+        (Some(u), None) => u,
+    };
+    if url.starts_with("rediss://") {
+        ctx.error(
+            "cluster.redis.url",
+            "rediss:// (TLS to Redis) is not supported yet",
+        );
+        return None;
+    }
+    if !url.starts_with("redis://") {
+        ctx.error(
+            "cluster.redis.url",
+            format!("{url:?} is not a redis:// URL"),
+        );
+        return None;
+    }
+    let info = match ::redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+        Ok(i) => i,
+        Err(e) => {
+            ctx.error("cluster.redis.url", format!("{url:?}: {e}"));
+            return None;
+        }
+    };
+    let mut settings = info.redis_settings().clone();
+    if let Some(u) = &r.username {
+        settings = settings.set_username(u);
+    }
+    if let Some(var) = &r.password_env {
+        match std::env::var(var) {
+            Ok(p) if !p.is_empty() => settings = settings.set_password(p),
+            _ => {
+                ctx.error(
+                    "cluster.redis.password_env",
+                    format!("the environment variable {var} is not set"),
+                );
+                return None;
+            }
+        }
+    }
+    let target = format!("{}", info.addr());
+    let info = info.set_redis_settings(settings);
+    let timeout = crate::config::duration_field(
+        "cluster.redis.timeout".into(),
+        &r.timeout,
+        Duration::from_millis(100),
+        Duration::from_millis(1)..=Duration::from_secs(10),
+        &mut ctx.errors(),
+    );
+    let client = match ::redis::Client::open(info) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.error("cluster.redis.url", e.to_string());
+            return None;
+        }
+    };
+    Some(Arc::new(Cluster {
+        redis: Arc::new(Redis::new(client, timeout, target)),
+        on_error: match c.on_error {
+            OnErrorConfig::Local => OnError::Local,
+            OnErrorConfig::Allow => OnError::Allow,
+            OnErrorConfig::Deny => OnError::Deny,
+        },
+        key_prefix: r.key_prefix.clone().unwrap_or_else(|| "portcullis:".into()),
+        config: c.clone(),
+    }))
+}

@@ -1,0 +1,308 @@
+//! End to end: rate limits shared by gateway instances through a real `redis-server` started
+//! here on a loopback port (`scope: cluster`), and what happens when Redis is down, slow or
+//! restarted (`cluster.on_error`).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A redis-server on 127.0.0.1:`port` without persistence; killed when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/install-deps installs it)");
+        let r = RedisServer { child, port };
+        eventually("redis answers PING", Duration::from_secs(10), || {
+            (r.command("PING") == "+PONG").then_some(())
+        });
+        r
+    }
+
+    fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// One inline command; the first line of the reply.
+    fn command(&self, cmd: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(format!("{cmd}\r\n").as_bytes());
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const KEYS: &str = "keys:\n  k: {secret: \"0123456789abcdef0123456789abcdef\"}\nauth:\n  p: {keys: k, algorithms: [HS256]}\n";
+
+/// A gateway whose route `/limited/` has a per-sub limit of `burst` (refilling 1/min), shared
+/// through the Redis on `redis_port`.
+fn gateway(echo: &EchoServer, redis_port: u16, burst: u32, extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "upstreams:\n  api: {{peers: [\"{}\"]}}\n{KEYS}cluster:\n  redis: {{url: \"redis://127.0.0.1:{redis_port}/0\", timeout: 100ms}}\n{extra}rate_limits:\n  per_sub: {{key: \"claim:sub\", rate: 1/m, burst: {burst}, scope: cluster}}\nroutes:\n  - {{prefix: /limited/, upstream: api, auth: p, rate_limit: per_sub}}\n",
+        echo.addr
+    ))
+}
+
+fn token(sub: &str) -> String {
+    hs256(SECRET, &json!({"sub": sub, "exp": now() + 600}))
+}
+
+fn redis_up(gw: &Gateway) -> bool {
+    let r = request(gw.admin, "GET", "/readyz", &[], None);
+    r.json()["redis"]["up"] == json!(true)
+}
+
+#[test]
+fn two_instances_share_one_budget() {
+    let redis = RedisServer::start();
+    let echo = echo();
+    let a = gateway(&echo, redis.port, 5, "");
+    let b = gateway(&echo, redis.port, 5, "");
+    for gw in [&a, &b] {
+        eventually("connected to redis", Duration::from_secs(5), || {
+            redis_up(gw).then_some(())
+        });
+    }
+    let alice = token("alice");
+    let statuses: Vec<u16> = (0..10)
+        .map(|i| [&a, &b][i % 2].bearer("/limited/x", &alice).status)
+        .collect();
+    // burst 5 in total, not 5 per instance.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(echo.hits(), 5);
+    // The same 429 as a local limit.
+    let r = b.bearer("/limited/x", &alice);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"], "rate_limited");
+    assert_eq!(r.header("ratelimit-limit"), Some("5"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let reset: u64 = r.header("ratelimit-reset").unwrap().parse().unwrap();
+    assert!((290..=300).contains(&reset), "{reset}");
+    // Another sub has its own shared bucket; the state is in Redis, under the prefix.
+    assert_eq!(a.bearer("/limited/x", &token("bob")).status, 200);
+    assert_eq!(redis.command("EXISTS portcullis:rl:per_sub:alice"), ":1");
+    let ttl: i64 = redis
+        .command("PTTL portcullis:rl:per_sub:alice")
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!((280_000..=301_000).contains(&ttl), "{ttl}");
+}
+
+#[test]
+fn redis_down_falls_back_by_on_error_and_recovers_by_itself() {
+    let echo = echo();
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let local = gateway(&echo, port, 3, "");
+    let allow = gateway(&echo, port, 3, "  on_error: allow\n");
+    let deny = gateway(&echo, port, 3, "  on_error: deny\n");
+    for gw in [&local, &allow, &deny] {
+        eventually("connected to redis", Duration::from_secs(5), || {
+            redis_up(gw).then_some(())
+        });
+    }
+    let port = redis.stop();
+    let carol = token("carol");
+    // Each request is answered promptly (no wait beyond the 100 ms timeout), never with a
+    // gateway error.
+    let timed = |gw: &Gateway| {
+        let t = Instant::now();
+        let s = gw.bearer("/limited/x", &carol).status;
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        s
+    };
+    let seen: Vec<u16> = (0..5).map(|_| timed(&local)).collect();
+    assert_eq!(
+        seen,
+        [200, 200, 200, 429, 429],
+        "local: the instance's own bucket"
+    );
+    let seen: Vec<u16> = (0..5).map(|_| timed(&allow)).collect();
+    assert_eq!(seen, [200; 5], "allow");
+    let r = deny.bearer("/limited/x", &carol);
+    assert_eq!(r.status, 503, "deny");
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let ready = request(local.admin, "GET", "/readyz", &[], None);
+    assert_eq!(ready.status, 200, "still ready: it serves");
+    assert_eq!(
+        ready.json()["redis"]["up"],
+        json!(false),
+        "{}",
+        ready.json()
+    );
+    assert!(local.metric("portcullis_redis_errors_total{kind=\"down\"}") >= 1.0);
+    assert_eq!(local.metric("portcullis_redis_up"), 0.0);
+
+    // Redis comes back (empty: no persistence): shared mode resumes without a restart.
+    let redis = RedisServer::start_on(port);
+    for gw in [&local, &allow, &deny] {
+        eventually("reconnected", Duration::from_secs(10), || {
+            redis_up(gw).then_some(())
+        });
+    }
+    let dave = token("dave");
+    let seen: Vec<u16> = [&local, &allow, &deny, &local]
+        .iter()
+        .map(|gw| gw.bearer("/limited/x", &dave).status)
+        .collect();
+    assert_eq!(
+        seen,
+        [200, 200, 200, 429],
+        "one budget again across the three"
+    );
+    assert_eq!(redis.command("EXISTS portcullis:rl:per_sub:dave"), ":1");
+    assert_eq!(local.metric("portcullis_redis_up"), 1.0);
+}
+
+#[test]
+fn a_slow_redis_counts_as_down() {
+    let echo = echo();
+    let redis = RedisServer::start();
+    let gw = gateway(&echo, redis.port, 3, "  on_error: allow\n");
+    eventually("connected to redis", Duration::from_secs(5), || {
+        redis_up(&gw).then_some(())
+    });
+    // Redis stops answering for 2 s (a blocked server looks like this).
+    let port = redis.port;
+    let pause = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"DEBUG SLEEP 2\r\n").unwrap();
+        let mut b = [0u8; 16];
+        let _ = s.read(&mut b);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| gw.bearer("/limited/x", &token("erin")).status)
+        .collect();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(statuses, [200; 5]);
+    assert!(gw.metric("portcullis_redis_errors_total{kind=\"timeout\"}") >= 1.0);
+    pause.join().unwrap();
+}
+
+#[test]
+fn run_starts_with_redis_down_and_check_needs_no_redis() {
+    let echo = echo();
+    let port = free_port(); // nothing listens there
+    let gw = gateway(&echo, port, 2, "");
+    let frank = token("frank");
+    let seen: Vec<u16> = (0..3)
+        .map(|_| gw.bearer("/limited/x", &frank).status)
+        .collect();
+    assert_eq!(seen, [200, 200, 429], "on_error: local from the start");
+    let r = request(gw.admin, "GET", "/readyz", &[], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["redis"]["up"], json!(false));
+    assert!(
+        r.json()["redis"]["error"].as_str().is_some(),
+        "{}",
+        r.json()
+    );
+}
+
+#[test]
+fn cluster_config_errors() {
+    let base = "upstreams:\n  a: {peers: [\"127.0.0.1:1\"]}\nroutes:\n  - {prefix: /, upstream: a, rate_limit: l}\n";
+    let cases = [
+        (
+            "cluster:\n  redis: {url: \"redis://127.0.0.1:1\", nodes: [\"redis://127.0.0.1:2\"]}\nrate_limits:\n  l: {key: ip, rate: 1/s, burst: 1, scope: cluster}\n",
+            "cluster.redis",
+            "exclude each other",
+        ),
+        (
+            "cluster:\n  redis: {url: \"http://127.0.0.1:1\"}\nrate_limits:\n  l: {key: ip, rate: 1/s, burst: 1}\n",
+            "cluster.redis.url",
+            "not a redis:// URL",
+        ),
+        (
+            "cluster:\n  redis: {url: \"redis://127.0.0.1:1\", password_env: PORTCULLIS_TEST_UNSET_VAR}\nrate_limits:\n  l: {key: ip, rate: 1/s, burst: 1}\n",
+            "cluster.redis.password_env",
+            "PORTCULLIS_TEST_UNSET_VAR is not set",
+        ),
+        (
+            "cluster:\n  redis: {url: \"redis://127.0.0.1:1\", timeout: 0ms}\nrate_limits:\n  l: {key: ip, rate: 1/s, burst: 1}\n",
+            "cluster.redis.timeout",
+            "out of range",
+        ),
+        (
+            "cluster:\n  redis: {url: \"redis://127.0.0.1:1\"}\n  on_error: panic\nrate_limits:\n  l: {key: ip, rate: 1/s, burst: 1}\n",
+            "cluster.on_error",
+            "unknown variant",
+        ),
+        (
+            "rate_limits:\n  l: {key: ip, rate: 1/s, burst: 1, scope: cluster}\n",
+            "rate_limits.l.scope",
+            "needs a cluster section",
+        ),
+    ];
+    for (yaml, path, message) in cases {
+        let err = check_refuses_yaml(&format!("{base}{yaml}"));
+        assert_errors(&err, &[(path, message)]);
+    }
+    // A valid section passes `check` with no Redis anywhere.
+    let dir = temp_dir();
+    let conf = dir.join("ok.yaml");
+    std::fs::write(
+        &conf,
+        format!("{base}cluster:\n  redis: {{url: \"redis://127.0.0.1:1/2\", username: gw}}\nrate_limits:\n  l: {{key: ip, rate: 1/s, burst: 1, scope: cluster}}\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
