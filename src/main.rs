@@ -30,6 +30,24 @@ enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
+    /// Revoke a subject or a token id on every instance (`revocation.shared`), or list them.
+    Revoke {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        #[arg(long, conflicts_with_all = ["jti", "list"])]
+        sub: Option<String>,
+        #[arg(long, conflicts_with = "list")]
+        jti: Option<String>,
+        /// Until when, RFC 3339 (2026-12-31T00:00:00Z).
+        #[arg(long, conflicts_with_all = ["ttl", "list"])]
+        until: Option<String>,
+        /// For how long, like 24h (the default): at least the longest lifetime of a token.
+        #[arg(long, conflicts_with = "list")]
+        ttl: Option<String>,
+        /// Show what is revoked now, with expiry times.
+        #[arg(long)]
+        list: bool,
+    },
     /// Mint a signed test token.
     Token {
         /// Private key: PEM (RSA, EC, Ed25519) or a private JWK/JWKS (`--kid` picks the key).
@@ -110,6 +128,39 @@ fn main() -> ExitCode {
             serve(policy, &config)
         }
         Command::Reload { config } => reload(&config),
+        Command::Revoke {
+            config,
+            sub,
+            jti,
+            until,
+            ttl,
+            list,
+        } => {
+            use portcullis::cluster::revocation::{command, Action};
+            let action = match (sub, jti, list) {
+                (_, _, true) => Ok(Action::List),
+                (Some(s), None, false) => Ok(Action::Revoke(format!("sub:{s}"))),
+                (None, Some(j), false) => Ok(Action::Revoke(format!("jti:{j}"))),
+                _ => Err("give --sub S, --jti J or --list".to_string()),
+            };
+            let policy = match portcullis::load_policy(&config) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match action.and_then(|a| command(&policy, a, until.as_deref(), ttl.as_deref())) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("revoke: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token {
             key,
             secret,

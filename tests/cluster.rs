@@ -306,3 +306,112 @@ fn cluster_config_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A gateway whose `/api/` route checks tokens against a revocation set shared through Redis.
+fn revoking_gateway(echo: &EchoServer, redis_port: u16) -> Gateway {
+    Gateway::start(&format!(
+        "upstreams:\n  api: {{peers: [\"{}\"]}}\n{KEYS}cluster:\n  redis: {{url: \"redis://127.0.0.1:{redis_port}/0\"}}\nrevocation: {{shared: true, refresh: 1s, sub: [mallory]}}\nroutes:\n  - {{prefix: /api/, upstream: api, auth: p}}\n",
+        echo.addr
+    ))
+}
+
+fn revoke(gw: &Gateway, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["revoke", "-c"])
+        .arg(gw.dir.join("portcullis.yaml"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn revoked(gw: &Gateway, token: &str) -> bool {
+    let r = gw.bearer("/api/x", token);
+    match r.status {
+        200 => false,
+        401 => {
+            let c = r.header("www-authenticate").unwrap_or_default();
+            assert!(c.contains("revoked"), "{c}");
+            true
+        }
+        s => panic!("status {s}"),
+    }
+}
+
+#[test]
+fn shared_revocation_reaches_every_instance() {
+    let redis = RedisServer::start();
+    let echo = echo();
+    let a = revoking_gateway(&echo, redis.port);
+    let b = revoking_gateway(&echo, redis.port);
+    let alice = token("alice");
+    for gw in [&a, &b] {
+        assert!(!revoked(gw, &alice));
+        // Inline entries still apply.
+        assert!(revoked(gw, &token("mallory")));
+    }
+    // Give both instances a moment to subscribe, then revoke on one machine.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = revoke(&a, &["--sub", "alice", "--ttl", "1h"]);
+    assert!(out.starts_with("revoked sub:alice until "), "{out}");
+    let t = Instant::now();
+    for gw in [&a, &b] {
+        eventually("alice revoked", Duration::from_secs(3), || {
+            revoked(gw, &alice).then_some(())
+        });
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(!revoked(&b, &token("bob")));
+    let list = revoke(&b, &["--list"]);
+    assert!(list.contains("sub:alice\tuntil "), "{list}");
+    // The entry expires with its TTL in Redis.
+    let score = redis.command("ZSCORE portcullis:revoked sub:alice");
+    assert!(!score.is_empty(), "{score}");
+
+    // A missed message (written without PUBLISH) arrives with the next resync (refresh: 1s).
+    let until = (now() + 3600) * 1000;
+    redis.command(&format!("ZADD portcullis:revoked {until} jti:j-42"));
+    let j42 = hs256(
+        SECRET,
+        &json!({"sub": "carol", "jti": "j-42", "exp": now() + 600}),
+    );
+    eventually("resynced", Duration::from_secs(4), || {
+        revoked(&b, &j42).then_some(())
+    });
+
+    // Redis restarts empty (no persistence): the instances reconnect and resync, so an entry
+    // revoked while they were away still arrives; what was only in the old Redis is gone.
+    let port = redis.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let redis = RedisServer::start_on(port);
+    revoke(&a, &["--jti", "j-43", "--ttl", "10m"]);
+    let j43 = hs256(
+        SECRET,
+        &json!({"sub": "dave", "jti": "j-43", "exp": now() + 600}),
+    );
+    for gw in [&a, &b] {
+        eventually("revoked after the restart", Duration::from_secs(6), || {
+            revoked(gw, &j43).then_some(())
+        });
+        eventually(
+            "the old entries left with the old Redis",
+            Duration::from_secs(4),
+            || (!revoked(gw, &alice)).then_some(()),
+        );
+        assert!(revoked(gw, &token("mallory")), "inline entries stay");
+    }
+    drop(redis);
+}
+
+#[test]
+fn revoke_needs_a_shared_revocation_section() {
+    let err = check_refuses_yaml(
+        "upstreams:\n  a: {peers: [\"127.0.0.1:1\"]}\nrevocation: {shared: true}\nroutes:\n  - {prefix: /, upstream: a}\n",
+    );
+    assert_errors(&err, &[("revocation.shared", "needs a cluster section")]);
+}

@@ -3,6 +3,7 @@
 
 pub mod limit;
 pub mod redis;
+pub mod revocation;
 
 pub use self::redis::{Failure, Redis};
 

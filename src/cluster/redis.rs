@@ -82,6 +82,11 @@ impl Redis {
         }
     }
 
+    /// For connections of their own (pub/sub, the `revoke` command).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     pub fn state(&self) -> State {
         State {
             up: self.up.load(Ordering::Relaxed),

@@ -590,6 +590,11 @@ pub struct RuleConfig {
 #[serde(deny_unknown_fields)]
 pub struct RevocationConfig {
     pub file: Option<String>,
+    /// Also kept in the `cluster` Redis and pushed to every instance.
+    #[serde(default)]
+    pub shared: bool,
+    /// With `shared`: read the whole shared set again this often (default 30s).
+    pub refresh: Option<String>,
     #[serde(default)]
     pub sub: Vec<String>,
     #[serde(default)]

@@ -2,20 +2,59 @@
 
 use super::{parse_rate, LimitKey, RateLimiter, Revocation, RevocationSet, DEFAULT_MAX_KEYS};
 use crate::cluster::limit::SharedLimit;
+use crate::cluster::revocation::SharedRevocation;
 use crate::cluster::Cluster;
 use crate::config::{Ctx, LimitScope, RateLimitConfig, RevocationConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub fn revocation(r: Option<&RevocationConfig>, ctx: &Ctx) -> Option<Arc<Revocation>> {
+pub fn revocation(
+    r: Option<&RevocationConfig>,
+    cluster: Option<&Arc<Cluster>>,
+    ctx: &Ctx,
+    previous: Option<&Arc<Revocation>>,
+) -> Option<Arc<Revocation>> {
     let r = r?;
+    let refresh = crate::config::duration_field(
+        "revocation.refresh".into(),
+        &r.refresh,
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600),
+        &mut ctx.errors(),
+    );
+    let shared = match (r.shared, cluster) {
+        (false, _) => None,
+        (true, None) => {
+            ctx.error(
+                "revocation.shared",
+                "needs a cluster section (the Redis the entries are shared through)",
+            );
+            return None;
+        }
+        (true, Some(c)) => {
+            // A reload with the same Redis keeps the subscription and the set.
+            let kept = previous
+                .and_then(|p| p.shared.clone())
+                .filter(|s| Arc::ptr_eq(&s.redis, &c.redis) && s.refresh == refresh);
+            Some(kept.unwrap_or_else(|| {
+                Arc::new(SharedRevocation::new(
+                    c.redis.clone(),
+                    &c.key_prefix,
+                    refresh,
+                ))
+            }))
+        }
+    };
     let inline = RevocationSet {
         sub: r.sub.iter().cloned().collect(),
         jti: r.jti.iter().cloned().collect(),
     };
     let file = r.file.as_ref().map(|f| ctx.resolve(f));
     match Revocation::new(inline, file) {
-        Ok(rev) => Some(Arc::new(rev)),
+        Ok(mut rev) => {
+            rev.shared = shared;
+            Some(Arc::new(rev))
+        }
         Err(e) => {
             ctx.error("revocation.file", e);
             None

@@ -56,6 +56,8 @@ pub struct Revocation {
     inline: RevocationSet,
     pub file: Option<PathBuf>,
     current: ArcSwap<RevocationSet>,
+    /// `shared: true`: the entries pushed through Redis.
+    pub shared: Option<Arc<crate::cluster::revocation::SharedRevocation>>,
 }
 
 impl Revocation {
@@ -65,6 +67,7 @@ impl Revocation {
             current: ArcSwap::from_pointee(inline.clone()),
             inline,
             file,
+            shared: None,
         };
         if let Some(path) = &r.file {
             let set = Self::read(path)?;
@@ -97,7 +100,9 @@ impl Revocation {
 
     pub fn is_revoked(&self, sub: Option<&str>, jti: Option<&str>) -> bool {
         let set = self.current.load();
-        sub.is_some_and(|s| set.sub.contains(s)) || jti.is_some_and(|j| set.jti.contains(j))
+        sub.is_some_and(|s| set.sub.contains(s))
+            || jti.is_some_and(|j| set.jti.contains(j))
+            || self.shared.as_ref().is_some_and(|s| s.is_revoked(sub, jti))
     }
 
     pub fn snapshot(&self) -> Arc<RevocationSet> {
@@ -106,6 +111,9 @@ impl Revocation {
 
     /// Watch the file on a background thread for as long as `this` is alive.
     pub fn watch(this: &Arc<Revocation>) {
+        if let Some(s) = &this.shared {
+            crate::cluster::revocation::SharedRevocation::watch(s);
+        }
         if this.file.is_none() {
             return;
         }

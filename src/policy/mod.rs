@@ -65,12 +65,17 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     let upstreams = crate::upstream::compile::compile(&cfg.upstreams, &ctx);
     let key_sets = crate::auth::keys::compile(&cfg.keys, &ctx, previous.map(|p| &p.key_sets));
     let policies = crate::auth::compile::compile(&cfg.auth, &key_sets, &ctx);
-    let revocation = crate::limit::compile::revocation(cfg.revocation.as_ref(), &ctx);
     let access_log = crate::observe::access_log::compile(cfg.access_log.as_ref(), &ctx);
     let cluster = crate::cluster::compile(
         cfg.cluster.as_ref(),
         &ctx,
         previous.and_then(|p| p.cluster.as_ref()),
+    );
+    let revocation = crate::limit::compile::revocation(
+        cfg.revocation.as_ref(),
+        cluster.as_ref(),
+        &ctx,
+        previous.and_then(|p| p.revocation.as_ref()),
     );
     let rate_limits = crate::limit::compile::rate_limits(
         &cfg.rate_limits,
@@ -267,9 +272,16 @@ impl Policy {
                 .file
                 .as_ref()
                 .map_or("no file".to_string(), |f| format!("{}", f.display()));
+            let shared = match &r.shared {
+                Some(sh) => format!(
+                    " (plus those shared in redis, resynced every {:?})",
+                    sh.refresh
+                ),
+                None => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "revocation: {file}; {} sub, {} jti revoked now",
+                "revocation: {file}; {} sub, {} jti revoked now{shared}",
                 set.sub.len(),
                 set.jti.len()
             );
