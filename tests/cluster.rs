@@ -19,8 +19,13 @@ struct RedisServer {
 
 impl RedisServer {
     fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--enable-debug-command", "yes"])
             .stdout(Stdio::null())
@@ -64,6 +69,64 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Three primaries on loopback ports, joined with `redis-cli --cluster create`, no replicas.
+struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    _dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = temp_dir();
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                let port = free_port();
+                let conf = dir.join(format!("nodes-{i}.conf"));
+                RedisServer::start_with(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        conf.to_str().unwrap(),
+                        "--dir",
+                        dir.to_str().unwrap(),
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        for n in &nodes {
+            eventually("cluster state ok", Duration::from_secs(15), || {
+                let info = {
+                    let mut s = TcpStream::connect(("127.0.0.1", n.port)).ok()?;
+                    s.write_all(b"CLUSTER INFO\r\n").ok()?;
+                    let mut b = [0u8; 2048];
+                    let k = s.read(&mut b).ok()?;
+                    String::from_utf8_lossy(&b[..k]).into_owned()
+                };
+                info.contains("cluster_state:ok").then_some(())
+            });
+        }
+        RedisCluster { nodes, _dir: dir }
+    }
+
+    fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -414,4 +477,54 @@ fn revoke_needs_a_shared_revocation_section() {
         "upstreams:\n  a: {peers: [\"127.0.0.1:1\"]}\nrevocation: {shared: true}\nroutes:\n  - {prefix: /, upstream: a}\n",
     );
     assert_errors(&err, &[("revocation.shared", "needs a cluster section")]);
+}
+
+#[test]
+fn redis_cluster_shares_limits_and_revocation_across_slots() {
+    let cluster = RedisCluster::start();
+    let echo = echo();
+    let config = format!(
+        "upstreams:\n  api: {{peers: [\"{}\"]}}\n{KEYS}cluster:\n  redis: {{nodes: [{}], timeout: 200ms}}\nrevocation: {{shared: true, refresh: 1s}}\nrate_limits:\n  per_sub: {{key: \"claim:sub\", rate: 1/m, burst: 2, scope: cluster}}\nroutes:\n  - {{prefix: /limited/, upstream: api, auth: p, rate_limit: per_sub}}\n  - {{prefix: /api/, upstream: api, auth: p}}\n",
+        echo.addr,
+        cluster.urls()
+    );
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
+    for gw in [&a, &b] {
+        eventually("connected to the cluster", Duration::from_secs(10), || {
+            redis_up(gw).then_some(())
+        });
+    }
+    // Twenty subs: their keys spread over the three primaries' slots. Each has one budget of 2
+    // across both instances.
+    for i in 0..20 {
+        let t = token(&format!("user-{i}"));
+        let seen: Vec<u16> = [&a, &b, &a, &b]
+            .iter()
+            .map(|gw| gw.bearer("/limited/x", &t).status)
+            .collect();
+        assert_eq!(seen, [200, 200, 429, 429], "user-{i}");
+    }
+    let holding: Vec<i64> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.command("DBSIZE").trim_start_matches(':').parse().unwrap())
+        .collect();
+    assert!(
+        holding.iter().filter(|k| **k > 0).count() >= 2,
+        "keys on one node only: {holding:?}"
+    );
+    assert_eq!(holding.iter().sum::<i64>(), 20, "{holding:?}");
+
+    // Revocation through the cluster reaches both instances.
+    let zed = token("zed");
+    assert_eq!(b.bearer("/api/x", &zed).status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    revoke(&a, &["--sub", "zed"]);
+    for gw in [&a, &b] {
+        eventually("zed revoked", Duration::from_secs(3), || {
+            revoked(gw, &zed).then_some(())
+        });
+    }
+    assert!(revoke(&b, &["--list"]).contains("sub:zed"));
 }

@@ -97,6 +97,10 @@ CONF
     TOKEN=$("$BIN" token --secret "$secret" --alg HS256 --sub user-1 --ttl 2h)
 }
 
+to_ms() { # 1.23ms | 456.00us | 1.02s -> milliseconds
+    awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n }'
+}
+
 haproxy_head() { # haproxy_head: HAProxy's global, defaults and the backend `be` (the upstream)
     cat <<CONF
 global

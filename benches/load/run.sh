@@ -112,9 +112,6 @@ EOF
 # --- measuring ----------------------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
-to_ms() { # 1.23ms | 456.00us | 1.02s -> milliseconds
-    awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n }'
-}
 check_status() { # check_status WANT URL [TOKEN]
     local got
     if [ -n "${3:-}" ]; then

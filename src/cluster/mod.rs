@@ -5,7 +5,7 @@ pub mod limit;
 pub mod redis;
 pub mod revocation;
 
-pub use self::redis::{Failure, Redis};
+pub use self::redis::{Failure, Redis, Target};
 
 use crate::config::{ClusterConfig, Ctx, OnErrorConfig};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub fn compile(
         return Some(p.clone());
     }
     let r = &c.redis;
-    let url = match (&r.url, &r.nodes) {
+    let urls: Vec<(String, String)> = match (&r.url, &r.nodes) {
         (Some(_), Some(_)) => {
             ctx.error(
                 "cluster.redis",
@@ -56,43 +56,21 @@ pub fn compile(
             );
             return None;
         }
-        (None, Some(_)) => {
-            ctx.error(
-                "cluster.redis.nodes",
-                "Redis Cluster is not supported yet: use url",
-            );
+        (None, Some(n)) if n.is_empty() => {
+            ctx.error("cluster.redis.nodes", "at least one seed node is needed");
             return None;
         }
-        (Some(u), None) => u,
+        (None, Some(n)) => n
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("cluster.redis.nodes[{i}]"), u.clone()))
+            .collect(),
+        (Some(u), None) => vec![("cluster.redis.url".to_string(), u.clone())],
     };
-    if url.starts_with("rediss://") {
-        ctx.error(
-            "cluster.redis.url",
-            "rediss:// (TLS to Redis) is not supported yet",
-        );
-        return None;
-    }
-    if !url.starts_with("redis://") {
-        ctx.error(
-            "cluster.redis.url",
-            format!("{url:?} is not a redis:// URL"),
-        );
-        return None;
-    }
-    let info = match ::redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
-        Ok(i) => i,
-        Err(e) => {
-            ctx.error("cluster.redis.url", format!("{url:?}: {e}"));
-            return None;
-        }
-    };
-    let mut settings = info.redis_settings().clone();
-    if let Some(u) = &r.username {
-        settings = settings.set_username(u);
-    }
-    if let Some(var) = &r.password_env {
-        match std::env::var(var) {
-            Ok(p) if !p.is_empty() => settings = settings.set_password(p),
+    let password = match &r.password_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(p) if !p.is_empty() => Some(p),
             _ => {
                 ctx.error(
                     "cluster.redis.password_env",
@@ -100,10 +78,39 @@ pub fn compile(
                 );
                 return None;
             }
+        },
+    };
+    let mut infos = Vec::new();
+    for (path, url) in &urls {
+        if url.starts_with("rediss://") {
+            ctx.error(path.as_str(), "rediss:// (TLS to Redis) is not supported yet");
+            return None;
         }
+        if !url.starts_with("redis://") {
+            ctx.error(path.as_str(), format!("{url:?} is not a redis:// URL"));
+            return None;
+        }
+        let info = match ::redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+            Ok(i) => i,
+            Err(e) => {
+                ctx.error(path.as_str(), format!("{url:?}: {e}"));
+                return None;
+            }
+        };
+        let mut settings = info.redis_settings().clone();
+        if let Some(u) = &r.username {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = &password {
+            settings = settings.set_password(p);
+        }
+        infos.push(info.set_redis_settings(settings));
     }
-    let target = format!("{}", info.addr());
-    let info = info.set_redis_settings(settings);
+    let name = infos
+        .iter()
+        .map(|i| i.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let timeout = crate::config::duration_field(
         "cluster.redis.timeout".into(),
         &r.timeout,
@@ -111,15 +118,42 @@ pub fn compile(
         Duration::from_millis(1)..=Duration::from_secs(10),
         &mut ctx.errors(),
     );
-    let client = match ::redis::Client::open(info) {
-        Ok(c) => c,
+    let singles: Result<Vec<::redis::Client>, _> =
+        infos.iter().cloned().map(::redis::Client::open).collect();
+    let singles = match singles {
+        Ok(s) => s,
         Err(e) => {
-            ctx.error("cluster.redis.url", e.to_string());
+            ctx.error("cluster.redis", e.to_string());
             return None;
         }
     };
+    let target = if r.nodes.is_some() {
+        let limit = timeout.max(Duration::from_millis(500));
+        let mut b = ::redis::cluster::ClusterClientBuilder::new(infos)
+            .connection_timeout(limit)
+            .response_timeout(limit)
+            .retries(1);
+        if let Some(u) = &r.username {
+            b = b.username(u);
+        }
+        if let Some(p) = &password {
+            b = b.password(p);
+        }
+        match b.build() {
+            Ok(client) => Target::Cluster {
+                client,
+                seeds: singles,
+            },
+            Err(e) => {
+                ctx.error("cluster.redis.nodes", e.to_string());
+                return None;
+            }
+        }
+    } else {
+        Target::Single(singles.into_iter().next()?)
+    };
     Some(Arc::new(Cluster {
-        redis: Arc::new(Redis::new(client, timeout, target)),
+        redis: Arc::new(Redis::new(target, timeout, name)),
         on_error: match c.on_error {
             OnErrorConfig::Local => OnError::Local,
             OnErrorConfig::Allow => OnError::Allow,

@@ -7,7 +7,9 @@
 //! failure and opens the breaker.
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -49,42 +51,111 @@ pub struct State {
     pub error: Option<String>,
 }
 
+/// Where the shared state is: one Redis, or a Redis Cluster (slots, MOVED and ASK followed by
+/// redis-rs).
+pub enum Target {
+    Single(redis::Client),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        /// The seed nodes one by one: pub/sub (a Redis Cluster forwards every PUBLISH to every
+        /// node, so subscribing on any one is enough).
+        seeds: Vec<redis::Client>,
+    },
+}
+
+/// A connection to either.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct Redis {
-    client: redis::Client,
-    conn: ArcSwapOption<ConnectionManager>,
+    target: Target,
+    conn: ArcSwapOption<Conn>,
     up: AtomicBool,
     probing: AtomicBool,
     pub timeout: Duration,
     last_error: Mutex<Option<String>>,
     /// A description of the target, without credentials, for logs.
-    pub target: String,
+    pub name: String,
 }
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
-            .field("target", &self.target)
+            .field("target", &self.name)
             .field("up", &self.up.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl Redis {
-    pub fn new(client: redis::Client, timeout: Duration, target: String) -> Redis {
+    pub fn new(target: Target, timeout: Duration, name: String) -> Redis {
         Redis {
-            client,
+            target,
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             timeout,
             last_error: Mutex::new(Some("not connected yet".into())),
-            target,
+            name,
         }
     }
 
-    /// For connections of their own (pub/sub, the `revoke` command).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client for pub/sub: the Redis, or the `n`th seed node of a cluster (round robin).
+    pub fn pubsub_client(&self, n: usize) -> &redis::Client {
+        match &self.target {
+            Target::Single(c) => c,
+            Target::Cluster { seeds, .. } => &seeds[n % seeds.len()],
+        }
+    }
+
+    /// A connection of its own, made now (the `revoke` command, resyncs).
+    pub async fn connect(&self) -> redis::RedisResult<Conn> {
+        let limit = self.timeout.max(Duration::from_millis(500));
+        match &self.target {
+            Target::Single(c) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(limit))
+                    .set_response_timeout(Some(limit))
+                    .set_number_of_retries(1);
+                Ok(Conn::Single(
+                    ConnectionManager::new_with_config(c.clone(), config).await?,
+                ))
+            }
+            Target::Cluster { client, .. } => {
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+        }
     }
 
     pub fn state(&self) -> State {
@@ -106,7 +177,7 @@ impl Redis {
     fn failed(self: &Arc<Self>, kind: Failure, e: String) {
         crate::observe::metrics().redis_errors[kind as usize].inc();
         if kind == Failure::Reply {
-            log::warn!("redis {}: {e}", self.target);
+            log::warn!("redis {}: {e}", self.name);
         }
         if matches!(kind, Failure::Down | Failure::Reply) {
             return;
@@ -114,7 +185,7 @@ impl Redis {
         if self.up.swap(false, Ordering::AcqRel) {
             log::warn!(
                 "redis {}: {e}; shared state is unavailable until it answers again",
-                self.target
+                self.name
             );
             crate::observe::metrics().redis_up.set(0);
         }
@@ -139,7 +210,7 @@ impl Redis {
                         me.up.store(true, Ordering::Release);
                         me.probing.store(false, Ordering::Release);
                         crate::observe::metrics().redis_up.set(1);
-                        log::info!("redis {}: connected", me.target);
+                        log::info!("redis {}: connected", me.name);
                         return;
                     }
                     Err(e) => {
@@ -157,17 +228,10 @@ impl Redis {
         let conn = match self.conn.load_full() {
             Some(c) => c,
             None => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
-                    .set_response_timeout(Some(self.timeout.max(Duration::from_millis(500))))
-                    .set_number_of_retries(1);
-                let made = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-                .await
-                .map_err(|_| "connecting timed out".to_string())?
-                .map_err(|e| format!("cannot connect: {e}"))?;
+                let made = tokio::time::timeout(Duration::from_secs(2), self.connect())
+                    .await
+                    .map_err(|_| "connecting timed out".to_string())?
+                    .map_err(|e| format!("cannot connect: {e}"))?;
                 let made = Arc::new(made);
                 self.conn.store(Some(made.clone()));
                 made
@@ -186,7 +250,7 @@ impl Redis {
     /// Run one command (or script) against Redis within `timeout`.
     pub async fn call<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, Failure>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let conn = match (self.up.load(Ordering::Acquire), self.conn.load_full()) {

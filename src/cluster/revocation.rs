@@ -70,7 +70,7 @@ impl SharedRevocation {
     }
 
     /// Read the whole shared set (the entries not expired yet) and make it the one in force.
-    async fn resync(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), String> {
+    async fn resync(&self, conn: &mut super::redis::Conn) -> Result<(), String> {
         let members: Vec<String> = redis::cmd("ZRANGE")
             .arg(&self.key)
             .arg(now_ms())
@@ -105,10 +105,16 @@ impl SharedRevocation {
         let weak: Weak<SharedRevocation> = Arc::downgrade(this);
         crate::background::spawn(async move {
             let mut wait = Duration::from_millis(100);
+            let mut attempt = 0usize;
             loop {
                 let Some(me) = weak.upgrade() else { return };
-                let (client, channel, refresh) =
-                    (me.redis.client().clone(), me.channel.clone(), me.refresh);
+                attempt += 1;
+                let (redis, client, channel, refresh) = (
+                    me.redis.clone(),
+                    me.redis.pubsub_client(attempt).clone(),
+                    me.channel.clone(),
+                    me.refresh,
+                );
                 drop(me);
                 let session = async {
                     let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
@@ -116,10 +122,7 @@ impl SharedRevocation {
                         .subscribe(&channel)
                         .await
                         .map_err(|e| e.to_string())?;
-                    let mut conn = client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let mut conn = redis.connect().await.map_err(|e| e.to_string())?;
                     Ok::<_, String>((pubsub, conn_resynced(&weak, &mut conn).await?, conn))
                 };
                 let (mut pubsub, (), mut conn) =
@@ -168,7 +171,7 @@ impl SharedRevocation {
     /// Revoke `member` (`sub:…`/`jti:…`) until `until_ms` for every instance: store it, drop
     /// what has expired, and tell the subscribed instances.
     pub async fn add(
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut super::redis::Conn,
         key: &str,
         channel: &str,
         member: &str,
@@ -187,17 +190,19 @@ impl SharedRevocation {
             .arg("-inf")
             .arg(now_ms())
             .ignore()
-            .cmd("PUBLISH")
+            .query_async::<()>(&mut *conn)
+            .await?;
+        // Apart: on a Redis Cluster the channel hashes to its own slot.
+        redis::cmd("PUBLISH")
             .arg(channel)
             .arg(member)
-            .ignore()
             .query_async::<()>(conn)
             .await
     }
 
     /// Everything revoked now, with when each entry expires (Unix milliseconds).
     pub async fn list(
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut super::redis::Conn,
         key: &str,
     ) -> redis::RedisResult<Vec<(String, i64)>> {
         redis::cmd("ZRANGE")
@@ -250,14 +255,10 @@ pub fn command(
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let client = shared.redis.client();
-        let mut conn = tokio::time::timeout(
-            Duration::from_secs(3),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| format!("redis {}: no connection within 3s", shared.redis.target))?
-        .map_err(|e| format!("redis {}: {e}", shared.redis.target))?;
+        let mut conn = tokio::time::timeout(Duration::from_secs(3), shared.redis.connect())
+            .await
+            .map_err(|_| format!("redis {}: no connection within 3s", shared.redis.name))?
+            .map_err(|e| format!("redis {}: {e}", shared.redis.name))?;
         match action {
             Action::Revoke(member) => {
                 SharedRevocation::add(&mut conn, &shared.key, &shared.channel, &member, until_ms)
@@ -291,7 +292,7 @@ pub fn command(
 
 async fn conn_resynced(
     weak: &Weak<SharedRevocation>,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut super::redis::Conn,
 ) -> Result<(), String> {
     match weak.upgrade() {
         Some(me) => me.resync(conn).await,

@@ -260,7 +260,7 @@ impl Policy {
             let _ = writeln!(
                 s,
                 "cluster: redis {} (timeout {:?}, prefix {:?}, on error {})",
-                c.redis.target,
+                c.redis.name,
                 c.redis.timeout,
                 c.key_prefix,
                 format!("{:?}", c.on_error).to_lowercase()
