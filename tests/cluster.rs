@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::certs::Ca;
 use common::*;
 use serde_json::json;
 use std::io::{Read, Write};
@@ -98,14 +99,21 @@ impl RedisCluster {
                 )
             })
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         for n in &nodes {
             eventually("cluster state ok", Duration::from_secs(15), || {
                 let info = {
@@ -323,7 +331,7 @@ fn cluster_config_errors() {
         (
             "cluster:\n  redis: {url: \"http://127.0.0.1:1\"}\nrate_limits:\n  l: {key: ip, rate: 1/s, burst: 1}\n",
             "cluster.redis.url",
-            "not a redis:// URL",
+            "is not a redis:// or rediss:// URL",
         ),
         (
             "cluster:\n  redis: {url: \"redis://127.0.0.1:1\", password_env: PORTCULLIS_TEST_UNSET_VAR}\nrate_limits:\n  l: {key: ip, rate: 1/s, burst: 1}\n",
@@ -527,4 +535,62 @@ fn redis_cluster_shares_limits_and_revocation_across_slots() {
         });
     }
     assert!(revoke(&b, &["--list"]).contains("sub:zed"));
+}
+
+#[test]
+fn rediss_verifies_the_redis_certificate() {
+    let dir = temp_dir();
+    let ca = Ca::new(&dir);
+    let leaf = ca.leaf(&dir, "redis", &["127.0.0.1", "localhost"], false);
+    let tls_port = free_port();
+    let redis = RedisServer::start_with(
+        free_port(),
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            leaf.cert.to_str().unwrap(),
+            "--tls-key-file",
+            leaf.key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca.pem.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let echo = echo();
+    let body = format!(
+        "upstreams:\n  api: {{peers: [\"{}\"]}}\n{KEYS}cluster:\n  redis: {{url: \"rediss://127.0.0.1:{tls_port}/0\"}}\nrate_limits:\n  per_sub: {{key: \"claim:sub\", rate: 1/m, burst: 2, scope: cluster}}\nroutes:\n  - {{prefix: /limited/, upstream: api, auth: p, rate_limit: per_sub}}\n",
+        echo.addr
+    );
+    // Trusting the CA (SSL_CERT_FILE): connected over TLS, the limit is shared in Redis.
+    let trusted = Gateway::start_env(&body, &[("SSL_CERT_FILE", ca.pem.display().to_string())]);
+    eventually("connected over TLS", Duration::from_secs(5), || {
+        redis_up(&trusted).then_some(())
+    });
+    let t = token("tls-user");
+    let seen: Vec<u16> = (0..3)
+        .map(|_| trusted.bearer("/limited/x", &t).status)
+        .collect();
+    assert_eq!(seen, [200, 200, 429]);
+    assert_eq!(redis.command("EXISTS portcullis:rl:per_sub:tls-user"), ":1");
+    // Not trusting it: never connected (fail closed on the certificate), on_error: local.
+    let other = temp_dir();
+    let stranger = Ca::new(&other);
+    let untrusted = Gateway::start_env(
+        &body,
+        &[("SSL_CERT_FILE", stranger.pem.display().to_string())],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = request(untrusted.admin, "GET", "/readyz", &[], None);
+    assert_eq!(r.json()["redis"]["up"], json!(false), "{}", r.json());
+    let u = token("untrusted-user");
+    let seen: Vec<u16> = (0..3)
+        .map(|_| untrusted.bearer("/limited/x", &u).status)
+        .collect();
+    assert_eq!(seen, [200, 200, 429], "the local fallback");
+    assert_eq!(
+        redis.command("EXISTS portcullis:rl:per_sub:untrusted-user"),
+        ":0"
+    );
 }

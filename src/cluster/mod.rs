@@ -82,12 +82,18 @@ pub fn compile(
     };
     let mut infos = Vec::new();
     for (path, url) in &urls {
-        if url.starts_with("rediss://") {
-            ctx.error(path.as_str(), "rediss:// (TLS to Redis) is not supported yet");
+        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+            ctx.error(
+                path.as_str(),
+                format!("{url:?} is not a redis:// or rediss:// URL"),
+            );
             return None;
         }
-        if !url.starts_with("redis://") {
-            ctx.error(path.as_str(), format!("{url:?} is not a redis:// URL"));
+        if url.contains("#insecure") {
+            ctx.error(
+                path.as_str(),
+                "#insecure turns off certificate checks: not accepted",
+            );
             return None;
         }
         let info = match ::redis::IntoConnectionInfo::into_connection_info(url.as_str()) {

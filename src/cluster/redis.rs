@@ -141,6 +141,8 @@ impl Redis {
 
     /// A connection of its own, made now (the `revoke` command, resyncs).
     pub async fn connect(&self) -> redis::RedisResult<Conn> {
+        // rediss://: the process's rustls provider (`check` and `revoke` have not installed it).
+        crate::tls::install_provider();
         let limit = self.timeout.max(Duration::from_millis(500));
         match &self.target {
             Target::Single(c) => {
