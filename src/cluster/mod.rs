@@ -147,7 +147,7 @@ pub fn compile(
         }
         match b.build() {
             Ok(client) => Target::Cluster {
-                client,
+                client: Box::new(client),
                 seeds: singles,
             },
             Err(e) => {

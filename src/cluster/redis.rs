@@ -56,7 +56,7 @@ pub struct State {
 pub enum Target {
     Single(redis::Client),
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
         /// The seed nodes one by one: pub/sub (a Redis Cluster forwards every PUBLISH to every
         /// node, so subscribing on any one is enough).
         seeds: Vec<redis::Client>,
