@@ -156,7 +156,7 @@ pub fn compile(
             }
         }
     } else {
-        Target::Single(singles.into_iter().next()?)
+        Target::Single(Box::new(singles.into_iter().next()?))
     };
     Some(Arc::new(Cluster {
         redis: Arc::new(Redis::new(target, timeout, name)),

@@ -54,7 +54,7 @@ pub struct State {
 /// Where the shared state is: one Redis, or a Redis Cluster (slots, MOVED and ASK followed by
 /// redis-rs).
 pub enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster {
         client: Box<redis::cluster::ClusterClient>,
         /// The seed nodes one by one: pub/sub (a Redis Cluster forwards every PUBLISH to every
@@ -151,7 +151,7 @@ impl Redis {
                     .set_response_timeout(Some(limit))
                     .set_number_of_retries(1);
                 Ok(Conn::Single(
-                    ConnectionManager::new_with_config(c.clone(), config).await?,
+                    ConnectionManager::new_with_config((**c).clone(), config).await?,
                 ))
             }
             Target::Cluster { client, .. } => {
