@@ -65,7 +65,6 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
     let upstreams = crate::upstream::compile::compile(&cfg.upstreams, &ctx);
     let key_sets = crate::auth::keys::compile(&cfg.keys, &ctx, previous.map(|p| &p.key_sets));
     let policies = crate::auth::compile::compile(&cfg.auth, &key_sets, &ctx);
-    let access_log = crate::observe::access_log::compile(cfg.access_log.as_ref(), &ctx);
     let cluster = crate::cluster::compile(
         cfg.cluster.as_ref(),
         &ctx,
@@ -77,6 +76,7 @@ pub fn compile_with(loaded: &Loaded, previous: Option<&Policy>) -> Result<Policy
         &ctx,
         previous.and_then(|p| p.revocation.as_ref()),
     );
+    let access_log = crate::observe::access_log::compile(cfg.access_log.as_ref(), &ctx);
     let rate_limits = crate::limit::compile::rate_limits(
         &cfg.rate_limits,
         cluster.as_ref(),
