@@ -366,16 +366,11 @@ fn cluster_config_errors() {
         format!("{base}cluster:\n  redis: {{url: \"redis://127.0.0.1:1/2\", username: gw}}\nrate_limits:\n  l: {{key: ip, rate: 1/s, burst: 1, scope: cluster}}\n"),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    portcullis_ok(&[
+        std::ffi::OsStr::new("check"),
+        "-c".as_ref(),
+        conf.as_os_str(),
+    ]);
 }
 
 /// A gateway whose `/api/` route checks tokens against a revocation set shared through Redis.
@@ -387,18 +382,10 @@ fn revoking_gateway(echo: &EchoServer, redis_port: u16) -> Gateway {
 }
 
 fn revoke(gw: &Gateway, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["revoke", "-c"])
-        .arg(gw.dir.join("portcullis.yaml"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let conf = gw.dir.join("portcullis.yaml");
+    let mut all = vec!["revoke", "-c", conf.to_str().unwrap()];
+    all.extend_from_slice(args);
+    portcullis_ok(&all)
 }
 
 fn revoked(gw: &Gateway, token: &str) -> bool {

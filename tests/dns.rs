@@ -6,9 +6,8 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// The DNS server; killed when dropped.
@@ -34,20 +33,10 @@ impl Dns {
     fn start(dir: &Path, ttl: u32, names: &[(&str, &[&str])]) -> Dns {
         let zone = dir.join("zone.json");
         write_zone(&zone, ttl, names, false);
-        let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dns_peer.py"))
-            .arg(&zone)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .expect("the DNS server's port (is dnslib installed?)");
+        let mut cmd = Command::new("python3");
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dns_peer.py"))
+            .arg(&zone);
+        let (child, port) = python_peer(cmd);
         Dns { child, port, zone }
     }
 

@@ -6,9 +6,8 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 fn script() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc_peer.py")
@@ -22,17 +21,9 @@ struct GrpcServer {
 
 impl GrpcServer {
     fn start() -> GrpcServer {
-        let mut child = Command::new("python3")
-            .arg(script())
-            .arg("server")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the gRPC server's port");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script()).arg("server");
+        let (child, port) = python_peer(cmd);
         GrpcServer { child, port }
     }
 

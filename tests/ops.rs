@@ -176,16 +176,11 @@ fn reload_command_checks_then_signals_by_pid_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not reloading"));
     // A good one is applied.
     r.write(&config(r.port, r.admin, &b, &r.pid, 5));
-    let out = Command::new(BIN)
-        .args(["reload", "-c"])
-        .arg(&r.conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    portcullis_ok(&[
+        std::ffi::OsStr::new("reload"),
+        "-c".as_ref(),
+        r.conf.as_os_str(),
+    ]);
     wait_for("the reload", || r.peer() == b.addr.to_string());
 }
 

@@ -56,11 +56,7 @@ fn peers(path: &str, u: &UpstreamConfig, ctx: &Ctx) -> Vec<(SocketAddr, u32)> {
     let mut peers = Vec::new();
     for (i, p) in u.peers.iter().enumerate() {
         let ppath = format!("{path}.peers[{i}]");
-        if p.weight() == 0 || p.weight() > MAX_WEIGHT {
-            ctx.error(
-                format!("{ppath}.weight"),
-                format!("weight {} is out of range 1..={MAX_WEIGHT}", p.weight()),
-            );
+        if !weight_ok(&ppath, p.weight(), ctx) {
             continue;
         }
         match resolve(p.addr()) {
@@ -72,6 +68,18 @@ fn peers(path: &str, u: &UpstreamConfig, ctx: &Ctx) -> Vec<(SocketAddr, u32)> {
         }
     }
     peers
+}
+
+/// A peer's weight is 1..=MAX_WEIGHT; otherwise an error at `ppath.weight`.
+fn weight_ok(ppath: &str, weight: u32, ctx: &Ctx) -> bool {
+    let ok = (1..=MAX_WEIGHT).contains(&weight);
+    if !ok {
+        ctx.error(
+            format!("{ppath}.weight"),
+            format!("weight {weight} is out of range 1..={MAX_WEIGHT}"),
+        );
+    }
+    ok
 }
 
 /// `server.resolver`.
@@ -109,11 +117,7 @@ fn named_peers(
     let mut named: Vec<(usize, Named)> = Vec::new();
     for (i, p) in u.peers.iter().enumerate() {
         let ppath = format!("{path}.peers[{i}]");
-        if p.weight() == 0 || p.weight() > MAX_WEIGHT {
-            ctx.error(
-                format!("{ppath}.weight"),
-                format!("weight {} is out of range 1..={MAX_WEIGHT}", p.weight()),
-            );
+        if !weight_ok(&ppath, p.weight(), ctx) {
             continue;
         }
         if let Ok(a) = p.addr().parse::<SocketAddr>() {

@@ -81,6 +81,32 @@ pub fn check_refuses(conf: &Path) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Run the portcullis binary with `args`, which must succeed; returns what it printed on stdout.
+pub fn portcullis_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Start a Python test peer that prints its port on its first line; the child and the port.
+pub fn python_peer(mut cmd: Command) -> (Child, u16) {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a port on the peer's first line, got {line:?}"));
+    (child, port)
+}
+
 /// Write `yaml` to a fresh file and `check_refuses` it.
 pub fn check_refuses_yaml(yaml: &str) -> String {
     let conf = temp_dir().join("c.yaml");
@@ -109,7 +135,6 @@ pub struct TlsServer {
 impl TlsServer {
     /// Start it; with `jwks`, it serves that file at `/jwks`.
     pub fn start(jwks: Option<&Path>) -> TlsServer {
-        use std::io::BufRead;
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
         let mut cmd = Command::new("python3");
         cmd.arg(dir.join("tls_echo.py"))
@@ -118,12 +143,7 @@ impl TlsServer {
         if let Some(j) = jwks {
             cmd.arg(j);
         }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3 runs");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the TLS server's port");
+        let (child, port) = python_peer(cmd);
         TlsServer { child, port }
     }
 
