@@ -6,10 +6,17 @@
 //! A request is admitted when at least one token is left, and then moves TAT by `T`. The key
 //! expires when the bucket would be full again. One key per script call, so it is valid on
 //! Redis Cluster as it is.
+//!
+//! With `sync: D` the request path does not call Redis at all: the in-process bucket admits,
+//! and every D a background round pushes what was admitted per key (`PUSH`, which moves TAT
+//! unconditionally — the requests were already served) and reads back the shared level.
+//! Both modes store the same TAT, so an exact and a synced instance can share a limit.
 
 use super::redis::{Failure, Redis};
 use crate::limit::Decision;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 static GCRA: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -31,6 +38,24 @@ return {1, math.floor(burst - (tat - now) / step), 0, math.ceil(tat - now)}
     )
 });
 
+static PUSH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local step = tonumber(ARGV[1])
+local used = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if used > 0 then
+  tat = tat + used * step
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+end
+return math.ceil(tat - now)
+"#,
+    )
+});
+
 /// Keys longer than this are stored as their SHA-256 (hex), so a huge claim cannot make a huge
 /// Redis key.
 const MAX_RAW_KEY: usize = 128;
@@ -44,16 +69,33 @@ pub struct SharedLimit {
     /// Microseconds per token.
     step_us: f64,
     burst: u32,
+    /// `sync: D`: admit locally, share every D.
+    pub sync: Option<Duration>,
+    /// One background round loop per limit, however many reloads keep it.
+    syncing: AtomicBool,
 }
 
 impl SharedLimit {
-    pub fn new(redis: Arc<Redis>, key_prefix: &str, name: &str, rate: f64, burst: u32) -> Self {
+    pub fn new(
+        redis: Arc<Redis>,
+        key_prefix: &str,
+        name: &str,
+        (rate, burst): (f64, u32),
+        sync: Option<Duration>,
+    ) -> Self {
         SharedLimit {
             redis,
             prefix: format!("{key_prefix}rl:{name}:").into_bytes(),
             step_us: 1e6 / rate,
             burst,
+            sync,
+            syncing: AtomicBool::new(false),
         }
+    }
+
+    /// True for the first caller only: it runs the `sync:` rounds.
+    pub fn claim_sync_loop(&self) -> bool {
+        self.sync.is_some() && !self.syncing.swap(true, Ordering::AcqRel)
     }
 
     fn key(&self, key: &[u8]) -> Vec<u8> {
@@ -68,6 +110,18 @@ impl SharedLimit {
             }
         }
         k
+    }
+
+    /// `sync:`: add `used` requests to the shared bucket of `key`; the tokens left in it (below
+    /// zero when the instances together spent more than was there).
+    pub async fn push(&self, key: &[u8], used: u32) -> Result<f64, Failure> {
+        let k = self.key(key);
+        let step = self.step_us;
+        let backlog: i64 = self
+            .redis
+            .call(|mut c| async move { PUSH.key(k).arg(step).arg(used).invoke_async(&mut c).await })
+            .await?;
+        Ok(f64::from(self.burst) - backlog as f64 / step)
     }
 
     /// Take one token for `key` from the shared bucket.

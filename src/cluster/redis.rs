@@ -160,6 +160,11 @@ impl Redis {
         }
     }
 
+    /// The breaker is closed: commands are being sent.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
     pub fn state(&self) -> State {
         State {
             up: self.up.load(Ordering::Relaxed),

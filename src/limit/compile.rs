@@ -7,6 +7,7 @@ use crate::cluster::Cluster;
 use crate::config::{Ctx, LimitScope, RateLimitConfig, RevocationConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub fn revocation(
     r: Option<&RevocationConfig>,
@@ -101,12 +102,20 @@ pub fn rate_limits(
             }
             (LimitScope::Cluster, Some(c)) => Some(c),
         };
-        if l.sync.is_some() {
-            ctx.error(
+        let sync = match (&l.sync, l.scope) {
+            (None, _) => None,
+            (Some(_), LimitScope::Local) => {
+                ctx.error(format!("{path}.sync"), "needs scope: cluster");
+                None
+            }
+            (Some(_), LimitScope::Cluster) => Some(crate::config::duration_field(
                 format!("{path}.sync"),
-                "not supported yet: scope: cluster limits are exact (one Redis step per request)",
-            );
-        }
+                &l.sync,
+                Duration::from_millis(100),
+                Duration::from_millis(10)..=Duration::from_secs(60),
+                &mut ctx.errors(),
+            )),
+        };
         if let (Some(key), Some(rate), true) = (key, rate, ctx.error_count() == before) {
             let mut fresh = RateLimiter::new(name, key, rate, l.burst, max_keys);
             if let Some(c) = shared {
@@ -114,8 +123,8 @@ pub fn rate_limits(
                     c.redis.clone(),
                     &c.key_prefix,
                     name,
-                    rate,
-                    l.burst,
+                    (rate, l.burst),
+                    sync,
                 ));
                 fresh.on_error = c.on_error;
             }

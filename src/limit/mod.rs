@@ -45,11 +45,16 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(n / per)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Bucket {
+    /// May be negative with `sync:`: what other instances spent is a debt repaid by refill.
     tokens: f64,
     /// Nanoseconds since the limiter's epoch.
     last: u64,
+    /// With `sync:`: requests admitted since the last push to Redis, and the key they count
+    /// against (the map holds only its hash).
+    pending: u32,
+    key: Option<Box<[u8]>>,
 }
 
 /// The answer for one request.
@@ -137,9 +142,11 @@ impl RateLimiter {
         if !map.contains_key(&h) && map.len() >= per_shard {
             self.evict(&mut map, now);
         }
-        let b = map.entry(h).or_insert(Bucket {
+        let b = map.entry(h).or_insert_with(|| Bucket {
             tokens: burst,
             last: now,
+            pending: 0,
+            key: self.syncs().then(|| key.into()),
         });
         let elapsed = now.saturating_sub(b.last) as f64 / 1e9;
         b.tokens = (b.tokens + elapsed * self.rate).min(burst);
@@ -147,18 +154,90 @@ impl RateLimiter {
         let allowed = b.tokens >= 1.0;
         if allowed {
             b.tokens -= 1.0;
+            b.pending = b.pending.saturating_add(1);
         }
         let tokens = b.tokens;
         drop(map);
         Decision {
             allowed,
-            remaining: tokens.floor() as u32,
+            remaining: tokens.max(0.0).floor() as u32,
             retry_after: if allowed {
                 0.0
             } else {
                 (1.0 - tokens) / self.rate
             },
             reset: (burst - tokens) / self.rate,
+        }
+    }
+
+    /// `sync:` is set: admission is local and the counts are shared in the background.
+    fn syncs(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.sync.is_some())
+    }
+
+    /// Run the `sync:` rounds in the background for as long as this limiter is in a policy.
+    pub fn watch(limiter: &std::sync::Arc<RateLimiter>) {
+        let Some(every) = limiter.shared.as_ref().and_then(|s| s.sync) else {
+            return;
+        };
+        if !limiter.shared.as_ref().is_some_and(|s| s.claim_sync_loop()) {
+            return;
+        }
+        let weak = std::sync::Arc::downgrade(limiter);
+        crate::background::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(l) = weak.upgrade() else { return };
+                l.sync_once().await;
+            }
+        });
+    }
+
+    /// One round of `sync:`: push what this instance admitted since the last round for every
+    /// key still refilling, and take Redis's level (everyone's spending) as the local one. A
+    /// round that fails drops its counts: while Redis is away each instance limits on its own,
+    /// and an outage is not billed to the client afterwards.
+    pub async fn sync_once(&self) {
+        let Some(shared) = &self.shared else { return };
+        let now = clock_nanos();
+        let burst = f64::from(self.burst);
+        let mut batch: Vec<(usize, u64, Box<[u8]>, u32)> = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (h, b) in map.iter_mut() {
+                let elapsed = now.saturating_sub(b.last) as f64 / 1e9;
+                let refilled = b.tokens + elapsed * self.rate >= burst;
+                if let (Some(key), false) = (&b.key, b.pending == 0 && refilled) {
+                    batch.push((i, *h, key.clone(), b.pending));
+                    b.pending = 0;
+                }
+            }
+        }
+        if batch.is_empty() || !shared.redis.is_up() {
+            return;
+        }
+        for chunk in batch.chunks(256) {
+            let replies = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .map(|(_, _, key, used)| shared.push(key, *used)),
+            )
+            .await;
+            let now = clock_nanos();
+            for ((shard, h, _, _), reply) in chunk.iter().zip(replies) {
+                let Ok(level) = reply else { continue };
+                let mut map = self.shards[*shard]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(b) = map.get_mut(h) {
+                    // What was admitted here while the push was on its way is not in Redis's
+                    // level yet: it stays pending and is spent locally too.
+                    b.tokens = level.min(burst) - f64::from(b.pending);
+                    b.last = now;
+                }
+            }
         }
     }
 
@@ -195,7 +274,9 @@ impl RateLimiter {
             && self.on_error == other.on_error
             && match (&self.shared, &other.shared) {
                 (None, None) => true,
-                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(&a.redis, &b.redis),
+                (Some(a), Some(b)) => {
+                    std::sync::Arc::ptr_eq(&a.redis, &b.redis) && a.sync == b.sync
+                }
                 _ => false,
             }
     }

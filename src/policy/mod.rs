@@ -147,6 +147,9 @@ impl Policy {
         if let Some(c) = &self.cluster {
             c.redis.start();
         }
+        for limiter in self.rate_limits.values() {
+            crate::limit::RateLimiter::watch(limiter);
+        }
         for pool in self.upstreams.values() {
             crate::upstream::health::watch(pool);
             crate::upstream::dns::watch(pool);
@@ -246,7 +249,13 @@ impl Policy {
             let _ = writeln!(s, "rate limits ({}):", self.rate_limits.len());
             for (name, l) in &self.rate_limits {
                 let scope = match &l.shared {
-                    Some(_) => format!("shared in redis, on error {:?}", l.on_error).to_lowercase(),
+                    Some(c) => match c.sync {
+                        Some(d) => {
+                            format!("shared in redis every {d:?}, on error {:?}", l.on_error)
+                        }
+                        None => format!("shared in redis, on error {:?}", l.on_error),
+                    }
+                    .to_lowercase(),
                     None => format!("at most {} keys", l.max_keys),
                 };
                 let _ = writeln!(

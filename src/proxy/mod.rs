@@ -116,6 +116,13 @@ fn client_cert_digest(session: &Session) -> Option<&[u8]> {
 async fn admit(limiter: &RateLimiter, key: &[u8]) -> std::result::Result<(), Reject> {
     let d = match &limiter.shared {
         None => limiter.check(key, clock_nanos()),
+        // `sync:`: the local bucket decides; Redis being away only matters to allow and deny.
+        Some(shared) if shared.sync.is_some() => match limiter.on_error {
+            _ if shared.redis.is_up() => limiter.check(key, clock_nanos()),
+            crate::cluster::OnError::Local => limiter.check(key, clock_nanos()),
+            crate::cluster::OnError::Allow => return Ok(()),
+            crate::cluster::OnError::Deny => return Err(Reject::LimitUnavailable),
+        },
         // Boxed: the Redis call's state stays off the request future of local limits.
         Some(shared) => match Box::pin(shared.check(key)).await {
             Ok(d) => d,
