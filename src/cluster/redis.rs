@@ -14,6 +14,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+/// A thread's own connection to one Redis (`conn` is `None` while it is being made).
+struct Local {
+    id: u64,
+    owner: Weak<Redis>,
+    conn: Option<Conn>,
+}
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<Vec<Local>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Why a command did not get an answer (the `kind` label of `portcullis_redis_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -99,6 +110,8 @@ impl ConnectionLike for Conn {
 }
 
 pub struct Redis {
+    /// Tells this Redis's per-thread connections from another's (after a reload).
+    id: u64,
     target: Target,
     conn: ArcSwapOption<Conn>,
     up: AtomicBool,
@@ -120,7 +133,9 @@ impl std::fmt::Debug for Redis {
 
 impl Redis {
     pub fn new(target: Target, timeout: Duration, name: String) -> Redis {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Redis {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             target,
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
@@ -254,14 +269,59 @@ impl Redis {
         pong.map(|_| ()).map_err(|e| format!("PING failed: {e}"))
     }
 
+    /// The connection for a request: the calling thread's own once it has one (made in the
+    /// background on the caller's runtime, so the connection's driver runs on the thread that
+    /// waits for the answer — no hop to another thread per command), the shared one until then.
+    fn request_conn(self: &Arc<Self>, shared: &Conn) -> Conn {
+        let found = LOCAL.with(|l| {
+            let l = l.borrow();
+            l.iter().find(|e| e.id == self.id).map(|e| e.conn.clone())
+        });
+        match found {
+            Some(Some(c)) => c,
+            Some(None) => shared.clone(),
+            None => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    LOCAL.with(|l| {
+                        let mut l = l.borrow_mut();
+                        l.retain(|e| e.owner.strong_count() > 0);
+                        l.push(Local {
+                            id: self.id,
+                            owner: Arc::downgrade(self),
+                            conn: None,
+                        });
+                    });
+                    let me = self.clone();
+                    rt.spawn(async move {
+                        let made = tokio::time::timeout(Duration::from_secs(2), me.connect()).await;
+                        LOCAL.with(|l| {
+                            let mut l = l.borrow_mut();
+                            l.retain(|e| e.id != me.id);
+                            // A failed attempt leaves no entry: a later request tries again.
+                            if let Ok(Ok(c)) = made {
+                                l.push(Local {
+                                    id: me.id,
+                                    owner: Arc::downgrade(&me),
+                                    conn: Some(c),
+                                });
+                            }
+                        });
+                    });
+                }
+                shared.clone()
+            }
+        }
+    }
+
     /// Run one command (or script) against Redis within `timeout`.
     pub async fn call<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, Failure>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let conn = match (self.up.load(Ordering::Acquire), self.conn.load_full()) {
-            (true, Some(c)) => (*c).clone(),
+        let shared = self.conn.load();
+        let conn = match (self.up.load(Ordering::Acquire), shared.as_deref()) {
+            (true, Some(c)) => self.request_conn(c),
             _ => {
                 self.failed(Failure::Down, String::new());
                 return Err(Failure::Down);
