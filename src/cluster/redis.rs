@@ -1,5 +1,6 @@
-//! The Redis connection of a gateway instance: one multiplexed connection (redis-rs's
-//! `ConnectionManager`), made and re-made on the background runtime, with a breaker in front.
+//! The Redis connections of a gateway instance (redis-rs's `ConnectionManager`, multiplexed):
+//! one made and re-made on the background runtime, for probes and the first requests, and one
+//! per worker thread made on that thread's runtime; a breaker in front of all.
 //!
 //! Requests never wait on a connection attempt: while Redis is down they are told so at once
 //! (and the caller's `on_error` applies); a background task probes with backoff and closes the
