@@ -592,7 +592,7 @@ fn redis_cluster_shares_limits_and_revocation_across_slots() {
     let cluster = RedisCluster::start();
     let echo = echo();
     let config = format!(
-        "upstreams:\n  api: {{peers: [\"{}\"]}}\n{KEYS}cluster:\n  redis: {{nodes: [{}], timeout: 200ms}}\nrevocation: {{shared: true, refresh: 1s}}\nrate_limits:\n  per_sub: {{key: \"claim:sub\", rate: 1/m, burst: 2, scope: cluster}}\nroutes:\n  - {{prefix: /limited/, upstream: api, auth: p, rate_limit: per_sub}}\n  - {{prefix: /api/, upstream: api, auth: p}}\n",
+        "upstreams:\n  api: {{peers: [\"{}\"]}}\n{KEYS}cluster:\n  redis: {{nodes: [{}], timeout: 200ms}}\nrevocation: {{shared: true, refresh: 1s}}\nrate_limits:\n  per_sub: {{key: \"claim:sub\", rate: 1/m, burst: 2, scope: cluster}}\n  synced: {{key: \"claim:sub\", rate: 1/m, burst: 2, scope: cluster, sync: 100ms}}\nroutes:\n  - {{prefix: /limited/, upstream: api, auth: p, rate_limit: per_sub}}\n  - {{prefix: /synced/, upstream: api, auth: p, rate_limit: synced}}\n  - {{prefix: /api/, upstream: api, auth: p}}\n",
         echo.addr,
         cluster.urls()
     );
@@ -623,6 +623,37 @@ fn redis_cluster_shares_limits_and_revocation_across_slots() {
         "keys on one node only: {holding:?}"
     );
     assert_eq!(holding.iter().sum::<i64>(), 20, "{holding:?}");
+
+    // The batched mode across slots: a spends each sub's budget, b (new to the key) admits one
+    // more on its own — the documented excess — then learns the shared level at its next round.
+    let subs: Vec<String> = (0..20).map(|i| token(&format!("synced-{i}"))).collect();
+    for t in &subs {
+        assert_eq!(a.bearer("/synced/x", t).status, 200);
+        assert_eq!(a.bearer("/synced/x", t).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    for t in &subs {
+        assert_eq!(b.bearer("/synced/x", t).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    for (i, t) in subs.iter().enumerate() {
+        let seen = [
+            b.bearer("/synced/x", t).status,
+            a.bearer("/synced/x", t).status,
+        ];
+        assert_eq!(seen, [429, 429], "synced-{i}");
+    }
+    let holding: i64 = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.command("DBSIZE")
+                .trim_start_matches(':')
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(holding, 40);
 
     // Revocation through the cluster reaches both instances.
     let zed = token("zed");
