@@ -36,6 +36,12 @@ pub enum AuthError {
     CertificateRequired,
     /// The token's `cnf.x5t#S256` is missing or is not the client certificate's.
     CertificateMismatch,
+    /// The header's `typ` is not one of the policy's `token_types`.
+    WrongTokenType,
+    /// `exp - iat` is more than the policy's `max_lifetime`.
+    LifetimeTooLong,
+    /// The policy has a `max_lifetime` and the token no `iat`.
+    MissingIat,
 }
 
 impl AuthError {
@@ -61,6 +67,9 @@ impl AuthError {
             AuthError::KeysUnavailable => "signing keys are not available yet",
             AuthError::CertificateRequired => "client certificate required",
             AuthError::CertificateMismatch => "certificate binding mismatch",
+            AuthError::WrongTokenType => "token type not accepted",
+            AuthError::LifetimeTooLong => "token lifetime too long",
+            AuthError::MissingIat => "token has no issue time",
         }
     }
 

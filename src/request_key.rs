@@ -1,13 +1,14 @@
 //! What a rate limit counts by, or a consistent-hash pool hashes: a claim of the verified token,
 //! a request header, or the client IP.
 
+use crate::auth::ClaimPath;
 use http::HeaderName;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestKey {
-    /// A claim of the verified token: only usable on routes with `auth`.
-    Claim(String),
+    /// A claim of the verified token (a claim path): only usable on routes with `auth`.
+    Claim(ClaimPath),
     Header(HeaderName),
     Ip,
 }
@@ -19,7 +20,7 @@ impl RequestKey {
             return Ok(RequestKey::Ip);
         }
         match s.split_once(':') {
-            Some(("claim", c)) if !c.is_empty() => Ok(RequestKey::Claim(c.to_string())),
+            Some(("claim", c)) if !c.is_empty() => ClaimPath::parse(c).map(RequestKey::Claim),
             Some(("header", h)) if !h.is_empty() => HeaderName::from_bytes(h.as_bytes())
                 .map(RequestKey::Header)
                 .map_err(|_| format!("invalid header name {h:?}")),
@@ -46,10 +47,24 @@ mod tests {
 
     #[test]
     fn parse_and_show() {
-        for s in ["ip", "claim:sub", "header:x-api-key"] {
+        for s in [
+            "ip",
+            "claim:sub",
+            "claim:org.id",
+            "claim:/a.b",
+            "header:x-api-key",
+        ] {
             assert_eq!(RequestKey::parse(s).unwrap().to_string(), s);
         }
-        for bad in ["claim:", "header:", "cookie:x", "header:bad name", "IP", ""] {
+        for bad in [
+            "claim:",
+            "claim:a..b",
+            "header:",
+            "cookie:x",
+            "header:bad name",
+            "IP",
+            "",
+        ] {
             assert!(RequestKey::parse(bad).is_err(), "{bad}");
         }
     }

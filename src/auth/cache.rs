@@ -30,6 +30,8 @@ pub struct VerifiedToken {
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub claims: Claims,
+    /// The JOSE header (for `header` in expressions).
+    pub header: Claims,
     /// Upstream headers from `forward_claims` / `forward_payload`.
     pub forward: Vec<(HeaderName, HeaderValue)>,
     pub exp: Option<f64>,
@@ -159,6 +161,7 @@ mod tests {
             alg: Algorithm::HS256,
             kid: None,
             claims: Claims::parse(format!(r#"{{"sub":"{sub}"}}"#).as_bytes()).unwrap(),
+            header: Claims::parse(b"{}").unwrap(),
             forward: vec![],
             exp: None,
             generation: 0,

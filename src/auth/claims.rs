@@ -27,6 +27,11 @@ impl Claims {
         self.0.get(name)
     }
 
+    /// The value at a claim path (`realm_access.roles`, `/https:~1~1example.com~1roles`).
+    pub fn at(&self, path: &super::ClaimPath) -> Option<&Value> {
+        path.lookup(&self.0)
+    }
+
     /// A string claim, if it is a string.
     pub fn str(&self, name: &str) -> Option<&str> {
         self.0.get(name).and_then(Value::as_str)

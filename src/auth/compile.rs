@@ -117,11 +117,40 @@ fn compile_policy(
     let mut rules = Vec::new();
     for (i, r) in p.require.iter().enumerate() {
         match Rule::compile(r) {
-            Ok(rule) => rules.push(rule),
+            Ok(rule) => {
+                if let Some(w) = rule.claim().suspicious() {
+                    ctx.warn(format!("{path}.require[{i}].claim: {w}"));
+                }
+                rules.push(rule)
+            }
             Err(e) => ctx.error(format!("{path}.require[{i}]"), e),
         }
     }
     let cache = cache(&path, p, ctx);
+    let token_types = match &p.token_types {
+        None => vec![],
+        Some(list) => {
+            if list.is_empty() || list.iter().any(|t| t.trim().is_empty()) {
+                ctx.error(
+                    format!("{path}.token_types"),
+                    "empty values are not allowed",
+                );
+            }
+            list.iter()
+                .map(|t| super::verify::normal_type(t.trim()))
+                .collect()
+        }
+    };
+    let max_lifetime = p.max_lifetime.as_ref().map(|_| {
+        duration_field(
+            format!("{path}.max_lifetime"),
+            &p.max_lifetime,
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(366 * 86_400),
+            &mut ctx.errors(),
+        )
+        .as_secs_f64()
+    });
     if ctx.error_count() != before {
         return None;
     }
@@ -141,6 +170,8 @@ fn compile_policy(
         rules,
         cache,
         require_certificate_binding: p.require_certificate_binding,
+        token_types,
+        max_lifetime,
         metrics: crate::observe::metrics::PolicyMetrics::new(name),
     })
 }
@@ -234,7 +265,7 @@ fn forwarded_headers(
     path: &str,
     p: &PolicyConfig,
     ctx: &Ctx,
-) -> (Vec<(HeaderName, String)>, Option<HeaderName>) {
+) -> (Vec<(HeaderName, super::ClaimPath)>, Option<HeaderName>) {
     let header = |field: String, h: &str| -> Option<HeaderName> {
         match HeaderName::from_bytes(h.as_bytes()) {
             Ok(n) if RESERVED_HEADERS.contains(&n.as_str()) => {
@@ -250,8 +281,12 @@ fn forwarded_headers(
     };
     let mut forward_claims = Vec::new();
     for (h, claim) in &p.forward_claims {
-        if let Some(n) = header(format!("{path}.forward_claims.{h}"), h) {
-            forward_claims.push((n, claim.clone()));
+        let field = format!("{path}.forward_claims.{h}");
+        if let (Some(n), Some(c)) = (
+            header(field.clone(), h),
+            super::path::compile(ctx, field, claim),
+        ) {
+            forward_claims.push((n, c));
         }
     }
     let forward_payload = p

@@ -5,12 +5,14 @@ pub mod claims;
 pub mod compile;
 pub mod jwk;
 pub mod keys;
+pub mod path;
 pub mod remote;
 pub mod rules;
 pub mod token;
 pub mod verify;
 
 pub use claims::Claims;
+pub use path::ClaimPath;
 pub use verify::{Verified, Verifier};
 
 use crate::error::{AuthError, Reject};

@@ -1,6 +1,7 @@
 //! Required-claim rules: checked after a token is verified; a rule that fails means 403.
 
 use super::claims::Claims;
+use super::ClaimPath;
 use crate::config::RuleConfig;
 use serde_json::Value;
 
@@ -8,11 +9,22 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rule {
     /// The claim (a space-delimited string or an array of strings) holds every value.
-    Contains { claim: String, values: Vec<String> },
-    /// The claim's value equals one of these (JSON equality).
-    OneOf { claim: String, values: Vec<Value> },
+    Contains {
+        claim: ClaimPath,
+        values: Vec<String>,
+    },
+    /// The claim (a space-delimited string or an array) holds at least one of these.
+    AnyOf {
+        claim: ClaimPath,
+        values: Vec<Value>,
+    },
+    /// The claim's whole value equals one of these (JSON equality).
+    OneOf {
+        claim: ClaimPath,
+        values: Vec<Value>,
+    },
     /// The claim's value equals this (JSON equality).
-    Equals { claim: String, value: Value },
+    Equals { claim: ClaimPath, value: Value },
 }
 
 /// A failed rule, as the 403 challenge reports it.
@@ -25,11 +37,9 @@ pub struct RuleFailure {
 impl Rule {
     /// Compile a configured rule; `Err` names what is wrong.
     pub fn compile(cfg: &RuleConfig) -> Result<Rule, String> {
-        if cfg.claim.is_empty() {
-            return Err("`claim` is empty".into());
-        }
         let given = [
             cfg.contains.is_some(),
+            cfg.any_of.is_some(),
             cfg.one_of.is_some(),
             cfg.equals.is_some(),
         ]
@@ -37,9 +47,9 @@ impl Rule {
         .filter(|b| **b)
         .count();
         if given != 1 {
-            return Err("give exactly one of contains, one_of, equals".into());
+            return Err("give exactly one of contains, any_of, one_of, equals".into());
         }
-        let claim = cfg.claim.clone();
+        let claim = ClaimPath::parse(&cfg.claim)?;
         if let Some(values) = &cfg.contains {
             if values.is_empty() || values.iter().any(|v| v.is_empty() || v.contains(' ')) {
                 return Err("`contains` needs non-empty values without spaces".into());
@@ -59,13 +69,33 @@ impl Rule {
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(Rule::OneOf { claim, values });
         }
+        if let Some(values) = &cfg.any_of {
+            if values.is_empty() {
+                return Err("`any_of` is empty".into());
+            }
+            let values = values
+                .iter()
+                .map(yaml_scalar)
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Rule::AnyOf { claim, values });
+        }
         let value = yaml_scalar(cfg.equals.as_ref().expect("counted above"))?;
         Ok(Rule::Equals { claim, value })
     }
 
+    /// The claim the rule reads.
+    pub fn claim(&self) -> &ClaimPath {
+        match self {
+            Rule::Contains { claim, .. }
+            | Rule::AnyOf { claim, .. }
+            | Rule::OneOf { claim, .. }
+            | Rule::Equals { claim, .. } => claim,
+        }
+    }
+
     pub fn holds(&self, claims: &Claims) -> bool {
         match self {
-            Rule::Contains { claim, values } => match claims.get(claim) {
+            Rule::Contains { claim, values } => match claims.at(claim) {
                 Some(Value::String(s)) => values
                     .iter()
                     .all(|v| s.split_ascii_whitespace().any(|x| x == v)),
@@ -74,10 +104,17 @@ impl Rule {
                     .all(|v| a.iter().any(|x| x.as_str() == Some(v.as_str()))),
                 _ => false,
             },
+            Rule::AnyOf { claim, values } => match claims.at(claim) {
+                Some(Value::String(s)) => s
+                    .split_ascii_whitespace()
+                    .any(|x| values.iter().any(|v| v.as_str() == Some(x))),
+                Some(Value::Array(a)) => a.iter().any(|x| values.iter().any(|v| json_eq(x, v))),
+                _ => false,
+            },
             Rule::OneOf { claim, values } => claims
-                .get(claim)
+                .at(claim)
                 .is_some_and(|c| values.iter().any(|v| json_eq(c, v))),
-            Rule::Equals { claim, value } => claims.get(claim).is_some_and(|c| json_eq(c, value)),
+            Rule::Equals { claim, value } => claims.at(claim).is_some_and(|c| json_eq(c, value)),
         }
     }
 }
@@ -166,6 +203,39 @@ mod tests {
         let r = rule("{claim: level, equals: 3}").unwrap();
         assert!(r.holds(&claims(r#"{"level":3.0}"#)));
         assert_eq!(check_all(&[r], &claims("{}")).unwrap_err().scope, None);
+    }
+
+    #[test]
+    fn any_of_reads_arrays_and_space_delimited_strings() {
+        let r = rule("{claim: groups, any_of: [eng, ops]}").unwrap();
+        assert!(r.holds(&claims(r#"{"groups":["sales","eng"]}"#)));
+        assert!(r.holds(&claims(r#"{"groups":"ops"}"#)));
+        assert!(r.holds(&claims(r#"{"groups":"sales ops"}"#)));
+        assert!(!r.holds(&claims(r#"{"groups":["sales"]}"#)));
+        assert!(!r.holds(&claims(r#"{"groups":"engineering"}"#)));
+        assert!(!r.holds(&claims(r#"{"groups":{"eng":1}}"#)));
+        assert!(!r.holds(&claims(r#"{}"#)));
+        let r = rule("{claim: levels, any_of: [3]}").unwrap();
+        assert!(r.holds(&claims(r#"{"levels":[1,3.0]}"#)));
+        // one_of compares the whole value: an array never equals a listed scalar.
+        let r = rule("{claim: groups, one_of: [eng]}").unwrap();
+        assert!(!r.holds(&claims(r#"{"groups":["eng"]}"#)));
+    }
+
+    #[test]
+    fn rules_follow_claim_paths() {
+        let kc = claims(
+            r#"{"realm_access":{"roles":["staff"]},"resource_access":{"api":{"roles":["read"]}},"https://example.com/tier":"gold"}"#,
+        );
+        let r = rule("{claim: realm_access.roles, contains: [staff]}").unwrap();
+        assert!(r.holds(&kc));
+        let r = rule("{claim: resource_access.api.roles, any_of: [read, write]}").unwrap();
+        assert!(r.holds(&kc));
+        let r = rule("{claim: /https:~1~1example.com~1tier, equals: gold}").unwrap();
+        assert!(r.holds(&kc));
+        let r = rule("{claim: realm_access.roles, contains: [admin]}").unwrap();
+        assert!(!r.holds(&kc));
+        assert!(rule("{claim: a..b, equals: 1}").is_err());
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub struct Verifier {
     /// Clock skew allowed for `exp`/`nbf`, in seconds.
     pub leeway: f64,
     pub require_exp: bool,
-    /// Upstream header ← claim name.
-    pub forward_claims: Vec<(HeaderName, String)>,
+    /// Upstream header ← claim path.
+    pub forward_claims: Vec<(HeaderName, super::ClaimPath)>,
     /// Upstream header that receives the base64url payload.
     pub forward_payload: Option<HeaderName>,
     /// Required-claim rules (403 when one fails).
@@ -47,6 +47,10 @@ pub struct Verifier {
     pub cache: Option<TokenCache>,
     /// RFC 8705 certificate-bound tokens only.
     pub require_certificate_binding: bool,
+    /// Accepted header `typ` values, lower-case without `application/` (empty: any).
+    pub token_types: Vec<String>,
+    /// Longest `exp - iat` accepted, in seconds.
+    pub max_lifetime: Option<f64>,
     /// This policy's validation counters.
     pub metrics: crate::observe::metrics::PolicyMetrics,
 }
@@ -57,6 +61,8 @@ pub struct Verified<'t> {
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub claims: Claims,
+    /// The JOSE header.
+    pub header: Claims,
     /// The payload segment as it was in the token (base64url).
     pub payload_b64: &'t str,
 }
@@ -104,6 +110,8 @@ impl Verifier {
             rules: vec![],
             cache: None,
             require_certificate_binding: false,
+            token_types: vec![],
+            max_lifetime: None,
             metrics: crate::observe::metrics::PolicyMetrics::new(name),
         }
     }
@@ -180,11 +188,21 @@ impl Verifier {
             return Err(AuthError::BadSignature);
         }
 
+        if !self.token_types.is_empty() {
+            let typ = match header.get("typ") {
+                Some(Value::String(t)) => normal_type(t),
+                _ => return Err(AuthError::WrongTokenType),
+            };
+            if !self.token_types.iter().any(|t| *t == typ) {
+                return Err(AuthError::WrongTokenType);
+            }
+        }
+
         // Payload: strict JSON object; registered claims type-checked.
         let claims = Claims::parse(&b64(p64)?).map_err(|_| AuthError::Malformed)?;
         let exp = numeric(&claims, "exp")?;
         let nbf = numeric(&claims, "nbf")?;
-        numeric(&claims, "iat")?;
+        let iat = numeric(&claims, "iat")?;
         match exp {
             Some(exp) if now >= exp + self.leeway => return Err(AuthError::Expired),
             None if self.require_exp => return Err(AuthError::MissingExp),
@@ -193,6 +211,16 @@ impl Verifier {
         if let Some(nbf) = nbf {
             if now + self.leeway < nbf {
                 return Err(AuthError::NotYetValid);
+            }
+        }
+        if let Some(max) = self.max_lifetime {
+            match (iat, exp) {
+                (None, _) => return Err(AuthError::MissingIat),
+                (_, None) => return Err(AuthError::MissingExp),
+                (Some(iat), Some(exp)) if exp - iat > max => {
+                    return Err(AuthError::LifetimeTooLong)
+                }
+                _ => {}
             }
         }
         if !self.issuers.is_empty() {
@@ -218,6 +246,7 @@ impl Verifier {
             alg,
             kid: kid.map(str::to_owned),
             claims,
+            header,
             payload_b64: p64,
         })
     }
@@ -249,6 +278,7 @@ impl Verifier {
             alg: v.alg,
             kid: v.kid,
             claims: v.claims,
+            header: v.header,
             forward,
             exp,
             generation,
@@ -266,7 +296,7 @@ impl Verifier {
     ) -> Result<Vec<(HeaderName, HeaderValue)>, AuthError> {
         let mut out = Vec::with_capacity(self.forward_claims.len() + 1);
         for (header, claim) in &self.forward_claims {
-            let value = match v.claims.get(claim) {
+            let value = match v.claims.at(claim) {
                 None | Some(Value::Null) => continue,
                 Some(Value::String(s)) => HeaderValue::from_str(s),
                 Some(other) => HeaderValue::from_str(&other.to_string()),
@@ -282,6 +312,15 @@ impl Verifier {
             out.push((h.clone(), value));
         }
         Ok(out)
+    }
+}
+
+/// A media type as `typ` compares it (RFC 7515 §4.1.9): lower-case, `application/` dropped.
+pub fn normal_type(t: &str) -> String {
+    let t = t.to_ascii_lowercase();
+    match t.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => t,
     }
 }
 

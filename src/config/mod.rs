@@ -573,14 +573,21 @@ pub struct PolicyConfig {
     /// RFC 8705: the token's `cnf.x5t#S256` must be the SHA-256 of the client certificate.
     #[serde(default)]
     pub require_certificate_binding: bool,
+    /// RFC 9068 and friends: the header's `typ` must be one of these (case-insensitive, an
+    /// `application/` prefix ignored).
+    pub token_types: Option<Vec<String>>,
+    /// `exp - iat` must be at most this; a token without `iat` or `exp` is refused when set.
+    pub max_lifetime: Option<String>,
 }
 
-/// A required-claim rule: `claim` and exactly one of `contains`, `one_of`, `equals`.
+/// A required-claim rule: `claim` (a claim path) and exactly one of `contains`, `any_of`,
+/// `one_of`, `equals`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub claim: String,
     pub contains: Option<Vec<String>>,
+    pub any_of: Option<Vec<Value>>,
     pub one_of: Option<Vec<Value>>,
     pub equals: Option<Value>,
 }

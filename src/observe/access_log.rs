@@ -30,7 +30,7 @@ pub enum Target {
 pub fn compile(
     a: Option<&crate::config::AccessLogConfig>,
     ctx: &crate::config::Ctx,
-) -> Option<(Target, Vec<String>)> {
+) -> Option<(Target, Vec<crate::auth::ClaimPath>)> {
     let a = a?;
     let target = if a.path == "-" {
         Target::Stdout
@@ -46,11 +46,13 @@ pub fn compile(
         }
         Target::File(p)
     };
-    if a.claims.iter().any(|c| c.is_empty()) {
-        ctx.error("access_log.claims", "empty claim name");
-        return None;
-    }
-    Some((target, a.claims.clone()))
+    let claims: Vec<_> = a
+        .claims
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| crate::auth::path::compile(ctx, format!("access_log.claims[{i}]"), c))
+        .collect();
+    (claims.len() == a.claims.len()).then_some((target, claims))
 }
 
 /// One request, as logged.
@@ -100,7 +102,7 @@ pub struct JwtInfo<'a> {
 pub struct AccessLog {
     tx: SyncSender<Vec<u8>>,
     /// Claims allowed into log lines.
-    pub claims: Vec<String>,
+    pub claims: Vec<crate::auth::ClaimPath>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -150,7 +152,10 @@ pub fn reopen_flag() -> &'static Arc<AtomicBool> {
 
 impl AccessLog {
     /// Open the target now (so a bad path fails at start-up) and start the writer thread.
-    pub fn start(target: Target, claims: Vec<String>) -> io::Result<Arc<AccessLog>> {
+    pub fn start(
+        target: Target,
+        claims: Vec<crate::auth::ClaimPath>,
+    ) -> io::Result<Arc<AccessLog>> {
         let sink = Sink::open(&target)?;
         let (tx, rx) = sync_channel(QUEUE);
         let reopen = reopen_flag().clone();

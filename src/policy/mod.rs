@@ -44,7 +44,7 @@ pub struct Policy {
     /// The `cluster` section: the Redis that `scope: cluster` limits share.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Where the access log goes and which claims it shows; `None`: no access log.
-    pub access_log: Option<(Target, Vec<String>)>,
+    pub access_log: Option<(Target, Vec<crate::auth::ClaimPath>)>,
     /// Non-fatal remarks for the operator.
     pub warnings: Vec<String>,
 }

@@ -164,8 +164,8 @@ fn limit_key_header(req: &RequestHeader, name: &HeaderName) -> Vec<u8> {
 
 /// A claim's value as a key: strings as they are, other values as JSON; a missing claim is the
 /// empty key (tokens without it share one bucket rather than escaping the limit).
-fn claim_key(claims: &auth::Claims, name: &str) -> Vec<u8> {
-    match claims.get(name) {
+fn claim_key(claims: &auth::Claims, path: &auth::ClaimPath) -> Vec<u8> {
+    match claims.at(path) {
         Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
         Some(v) => v.to_string().into_bytes(),
         None => Vec::new(),
@@ -713,8 +713,8 @@ impl Gateway {
         if let Some(log) = &ctx.access_log {
             ctx.jwt = Some((auth::verify::alg_name(token.alg), token.kid.clone()));
             for c in &log.claims {
-                if let Some(v) = token.claims.get(c) {
-                    ctx.log_claims.insert(c.clone(), v.clone());
+                if let Some(v) = token.claims.at(c) {
+                    ctx.log_claims.insert(c.as_str().to_owned(), v.clone());
                 }
             }
         }
