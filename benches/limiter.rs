@@ -25,7 +25,7 @@ fn rss_kib() -> u64 {
 fn memory_report() {
     let limiter = RateLimiter::new(
         "m",
-        LimitKey::Claim("sub".into()),
+        LimitKey::Claim(portcullis::auth::ClaimPath::top("sub")),
         10.0,
         20,
         DEFAULT_MAX_KEYS,
@@ -90,7 +90,7 @@ fn benches(c: &mut Criterion) {
     let policies = vec![v];
     let per_sub = RateLimiter::new(
         "s",
-        LimitKey::Claim("sub".into()),
+        LimitKey::Claim(portcullis::auth::ClaimPath::top("sub")),
         1e12,
         u32::MAX,
         DEFAULT_MAX_KEYS,

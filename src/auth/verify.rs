@@ -193,7 +193,7 @@ impl Verifier {
                 Some(Value::String(t)) => normal_type(t),
                 _ => return Err(AuthError::WrongTokenType),
             };
-            if !self.token_types.iter().any(|t| *t == typ) {
+            if !self.token_types.contains(&typ) {
                 return Err(AuthError::WrongTokenType);
             }
         }
