@@ -23,7 +23,10 @@ fn verifier(key: Key, alg: Algorithm) -> Verifier {
     v.issuers = vec!["https://issuer.example".into()];
     v.audiences = vec!["api".into()];
     v.require_exp = true;
-    v.forward_claims = vec![(http::HeaderName::from_static("x-user"), "sub".into())];
+    v.forward_claims = vec![(
+        http::HeaderName::from_static("x-user"),
+        portcullis::auth::ClaimPath::top("sub"),
+    )];
     v
 }
 
@@ -205,7 +208,11 @@ fn bench_access_log(c: &mut Criterion) {
     use portcullis::observe::access_log::{now_rfc3339, JwtInfo, Line, Target};
     use portcullis::observe::AccessLog;
     let path = std::env::temp_dir().join(format!("portcullis-bench-{}.log", std::process::id()));
-    let log = AccessLog::start(Target::File(path.clone()), vec!["sub".into()]).unwrap();
+    let log = AccessLog::start(
+        Target::File(path.clone()),
+        vec![portcullis::auth::ClaimPath::top("sub")],
+    )
+    .unwrap();
     let mut claims = serde_json::Map::new();
     claims.insert("sub".into(), json!("user-1234567890"));
     // What the request path pays: build the line (time, addresses, claims), format it, queue it.
