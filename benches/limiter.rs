@@ -97,7 +97,7 @@ fn benches(c: &mut Criterion) {
     );
     c.bench_function("verify HS256 + per-sub limit", |b| {
         b.iter(|| {
-            let passed = portcullis::auth::check(black_box(&policies), &req, 1.8e9, None)
+            let passed = portcullis::auth::check(black_box(&policies), &req, None, 1.8e9, None)
                 .1
                 .unwrap();
             let sub = passed.token.claims.str("sub").unwrap_or_default();

@@ -123,7 +123,7 @@ fn bench_verify(c: &mut Criterion) {
         .unwrap();
     c.bench_function("auth::check HS256 request", |b| {
         b.iter(|| {
-            portcullis::auth::check(black_box(&policies), &req, now, None)
+            portcullis::auth::check(black_box(&policies), &req, None, now, None)
                 .1
                 .unwrap()
         })
@@ -134,7 +134,7 @@ fn bench_verify(c: &mut Criterion) {
     let cached = vec![Arc::new(cached)];
     c.bench_function("auth::check HS256 request, cache hit", |b| {
         b.iter(|| {
-            portcullis::auth::check(black_box(&cached), &req, now, None)
+            portcullis::auth::check(black_box(&cached), &req, None, now, None)
                 .1
                 .unwrap()
         })
@@ -151,7 +151,7 @@ fn bench_verify(c: &mut Criterion) {
         .unwrap();
     c.bench_function("auth::check RS256 request, cache hit", |b| {
         b.iter(|| {
-            portcullis::auth::check(black_box(&rs_cached), &rs_req, now, None)
+            portcullis::auth::check(black_box(&rs_cached), &rs_req, None, now, None)
                 .1
                 .unwrap()
         })

@@ -37,6 +37,21 @@ pub struct VerifiedToken {
     pub exp: Option<f64>,
     /// Key-set generation the token was verified under.
     pub generation: u64,
+    /// The payload and header as CEL values, made the first time an expression reads them.
+    pub cel: std::sync::OnceLock<(cel::Value, cel::Value)>,
+}
+
+impl VerifiedToken {
+    /// The claims and the header as CEL values (converted once per verified token).
+    pub fn cel_values(&self) -> (&cel::Value, &cel::Value) {
+        let (c, h) = self.cel.get_or_init(|| {
+            (
+                super::expr::from_object(&self.claims.0),
+                super::expr::from_object(&self.header.0),
+            )
+        });
+        (c, h)
+    }
 }
 
 /// A `Hasher` for keys that are hashes already: it hands the `u64` back unchanged.
@@ -165,6 +180,7 @@ mod tests {
             forward: vec![],
             exp: None,
             generation: 0,
+            cel: Default::default(),
         })
     }
 

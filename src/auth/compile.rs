@@ -118,7 +118,7 @@ fn compile_policy(
     for (i, r) in p.require.iter().enumerate() {
         match Rule::compile(r) {
             Ok(rule) => {
-                if let Some(w) = rule.claim().suspicious() {
+                if let Some(w) = rule.claim().and_then(|c| c.suspicious()) {
                     ctx.warn(format!("{path}.require[{i}].claim: {w}"));
                 }
                 rules.push(rule)

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod claims;
 pub mod compile;
+pub mod expr;
 pub mod jwk;
 pub mod keys;
 pub mod path;
@@ -40,6 +41,7 @@ pub struct Passed {
 pub fn check(
     policies: &[Arc<Verifier>],
     req: &RequestHeader,
+    client_ip: Option<std::net::IpAddr>,
     now: f64,
     revocation: Option<&Revocation>,
 ) -> (usize, Result<Passed, Reject>) {
@@ -63,7 +65,15 @@ pub fn check(
             }),
         };
         match verified {
-            Ok(passed) => match rules::check_all(&p.rules, &passed.token.claims) {
+            Ok(passed) => match rules::check_all(
+                &p.rules,
+                &rules::Facts {
+                    token: &passed.token,
+                    request: req,
+                    client_ip,
+                    now,
+                },
+            ) {
                 Ok(()) => return (i, Ok(passed)),
                 Err(failure) => {
                     forbidden.get_or_insert((
@@ -132,6 +142,7 @@ pub fn check_binding(claims: &Claims, cert_sha256: Option<&[u8]>) -> Result<(), 
 pub async fn check_refetching(
     policies: &[Arc<Verifier>],
     req: &RequestHeader,
+    client_ip: Option<std::net::IpAddr>,
     revocation: Option<&Revocation>,
 ) -> (usize, Result<Passed, Reject>) {
     let seen: Vec<(Arc<remote::RemoteKeys>, u64)> = policies
@@ -139,7 +150,7 @@ pub async fn check_refetching(
         .flat_map(|p| p.remote.iter())
         .map(|r| (r.clone(), r.generation()))
         .collect();
-    let first = check(policies, req, verify::now(), revocation);
+    let first = check(policies, req, client_ip, verify::now(), revocation);
     let unknown_kid = matches!(
         &first.1,
         Err(Reject::Unauthorized {
@@ -158,7 +169,7 @@ pub async fn check_refetching(
         changed |= Box::pin(keys.refetch_for_unknown_kid(*generation)).await;
     }
     if changed {
-        check(policies, req, verify::now(), revocation)
+        check(policies, req, client_ip, verify::now(), revocation)
     } else {
         first
     }

@@ -1,4 +1,7 @@
 //! Required-claim rules: checked after a token is verified; a rule that fails means 403.
+//!
+//! `verdict` is the one decision for a rule: the proxy uses whether it holds, `explain` also
+//! what it saw.
 
 use super::claims::Claims;
 use super::ClaimPath;
@@ -25,6 +28,25 @@ pub enum Rule {
     },
     /// The claim's value equals this (JSON equality).
     Equals { claim: ClaimPath, value: Value },
+    /// A CEL expression that must be `true`.
+    Expr(std::sync::Arc<super::expr::Expr>),
+}
+
+/// What a rule is checked against.
+pub struct Facts<'a> {
+    pub token: &'a super::cache::VerifiedToken,
+    pub request: &'a pingora_http::RequestHeader,
+    pub client_ip: Option<std::net::IpAddr>,
+    /// Seconds since the epoch.
+    pub now: f64,
+}
+
+/// A rule's answer for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub holds: bool,
+    /// What the rule saw: the claim's value, or the expression's value or error.
+    pub saw: String,
 }
 
 /// A failed rule, as the 403 challenge reports it.
@@ -37,6 +59,24 @@ pub struct RuleFailure {
 impl Rule {
     /// Compile a configured rule; `Err` names what is wrong.
     pub fn compile(cfg: &RuleConfig) -> Result<Rule, String> {
+        if let Some(src) = &cfg.expr {
+            if cfg.claim.is_some()
+                || cfg.contains.is_some()
+                || cfg.any_of.is_some()
+                || cfg.one_of.is_some()
+                || cfg.equals.is_some()
+            {
+                return Err(
+                    "an `expr` rule has no claim, contains, any_of, one_of or equals".into(),
+                );
+            }
+            return super::expr::Expr::compile(src)
+                .map(|e| Rule::Expr(std::sync::Arc::new(e)))
+                .map_err(|e| format!("expr: {e}"));
+        }
+        let Some(claim) = &cfg.claim else {
+            return Err("give `claim` (with contains, any_of, one_of or equals) or `expr`".into());
+        };
         let given = [
             cfg.contains.is_some(),
             cfg.any_of.is_some(),
@@ -49,7 +89,7 @@ impl Rule {
         if given != 1 {
             return Err("give exactly one of contains, any_of, one_of, equals".into());
         }
-        let claim = ClaimPath::parse(&cfg.claim)?;
+        let claim = ClaimPath::parse(claim)?;
         if let Some(values) = &cfg.contains {
             if values.is_empty() || values.iter().any(|v| v.is_empty() || v.contains(' ')) {
                 return Err("`contains` needs non-empty values without spaces".into());
@@ -83,18 +123,62 @@ impl Rule {
         Ok(Rule::Equals { claim, value })
     }
 
-    /// The claim the rule reads.
-    pub fn claim(&self) -> &ClaimPath {
+    /// The claim the rule reads, if it reads one.
+    pub fn claim(&self) -> Option<&ClaimPath> {
         match self {
             Rule::Contains { claim, .. }
             | Rule::AnyOf { claim, .. }
             | Rule::OneOf { claim, .. }
-            | Rule::Equals { claim, .. } => claim,
+            | Rule::Equals { claim, .. } => Some(claim),
+            Rule::Expr(_) => None,
         }
     }
 
+    /// Does the rule hold for this request, and what did it see?
+    pub fn verdict(&self, facts: &Facts<'_>) -> Verdict {
+        match self {
+            Rule::Expr(e) => {
+                let (claims, header) = facts.token.cel_values();
+                let input = super::expr::Input {
+                    claims,
+                    header,
+                    request: facts.request,
+                    client_ip: facts.client_ip,
+                    now: facts.now,
+                };
+                match e.eval(&input) {
+                    Ok(b) => Verdict {
+                        holds: b,
+                        saw: b.to_string(),
+                    },
+                    Err(why) => Verdict {
+                        holds: false,
+                        saw: format!("error: {why}"),
+                    },
+                }
+            }
+            _ => Verdict {
+                holds: self.holds_for(facts),
+                saw: self
+                    .claim()
+                    .and_then(|c| facts.token.claims.at(c))
+                    .map_or_else(|| "missing".to_string(), |v| v.to_string()),
+            },
+        }
+    }
+
+    /// Does the rule hold for this request? (`verdict` without the description: the proxy's.)
+    pub fn holds_for(&self, facts: &Facts<'_>) -> bool {
+        match self {
+            Rule::Expr(_) => self.verdict(facts).holds,
+            _ => self.holds(&facts.token.claims),
+        }
+    }
+
+    /// A claim rule against these claims (an `expr` rule needs the request: `verdict`).
     pub fn holds(&self, claims: &Claims) -> bool {
         match self {
+            Rule::Expr(_) => false,
             Rule::Contains { claim, values } => match claims.at(claim) {
                 Some(Value::String(s)) => values
                     .iter()
@@ -151,9 +235,13 @@ fn yaml_scalar(v: &serde_yaml::Value) -> Result<Value, String> {
 }
 
 /// Check every rule; the first that fails decides the answer.
-pub fn check_all(rules: &[Rule], claims: &Claims) -> Result<(), RuleFailure> {
+pub fn check_all(rules: &[Rule], facts: &Facts<'_>) -> Result<(), RuleFailure> {
+    first_failure(rules, |r| r.holds_for(facts))
+}
+
+fn first_failure(rules: &[Rule], holds: impl Fn(&Rule) -> bool) -> Result<(), RuleFailure> {
     for r in rules {
-        if !r.holds(claims) {
+        if !holds(r) {
             return Err(RuleFailure {
                 scope: match r {
                     Rule::Contains { values, .. } => Some(values.join(" ")),
@@ -186,7 +274,8 @@ mod tests {
         assert!(!r.holds(&claims(r#"{"scope":"read:leadsX write:leads"}"#)));
         assert!(!r.holds(&claims(r#"{"other":"read:leads write:leads"}"#)));
         assert!(!r.holds(&claims(r#"{"scope":42}"#)));
-        let fail = check_all(&[r], &claims(r#"{"scope":""}"#)).unwrap_err();
+        let c = claims(r#"{"scope":""}"#);
+        let fail = first_failure(&[r], |r| r.holds(&c)).unwrap_err();
         assert_eq!(fail.scope.as_deref(), Some("read:leads write:leads"));
     }
 
@@ -202,7 +291,11 @@ mod tests {
         assert!(!r.holds(&claims(r#"{}"#)));
         let r = rule("{claim: level, equals: 3}").unwrap();
         assert!(r.holds(&claims(r#"{"level":3.0}"#)));
-        assert_eq!(check_all(&[r], &claims("{}")).unwrap_err().scope, None);
+        let c = claims("{}");
+        assert_eq!(
+            first_failure(&[r], |r| r.holds(&c)).unwrap_err().scope,
+            None
+        );
     }
 
     #[test]

@@ -282,6 +282,7 @@ impl Verifier {
             forward,
             exp,
             generation,
+            cel: Default::default(),
         });
         if let Some(cache) = &self.cache {
             cache.insert(token, verified.clone());

@@ -585,7 +585,9 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    pub claim: String,
+    pub claim: Option<String>,
+    /// A CEL expression that must be true (instead of a claim rule).
+    pub expr: Option<String>,
     pub contains: Option<Vec<String>>,
     pub any_of: Option<Vec<Value>>,
     pub one_of: Option<Vec<Value>>,

@@ -688,8 +688,13 @@ impl Gateway {
         if route.auth.is_empty() {
             return self.render_headers(session, ctx, &route);
         }
-        let (which, checked) =
-            auth::check_refetching(&route.auth, req, policy.revocation.as_deref()).await;
+        let (which, checked) = auth::check_refetching(
+            &route.auth,
+            req,
+            ctx.client_ip,
+            policy.revocation.as_deref(),
+        )
+        .await;
         let checked = match checked {
             Ok(p) if route.auth[which].require_certificate_binding => {
                 match auth::check_binding(&p.token.claims, client_cert_digest(session)) {
