@@ -348,10 +348,13 @@ mod tests {
             (r#"client.ip == "10.1.2.3""#, true),
             ("now > timestamp('2023-01-01T00:00:00Z')", true),
             ("claims.n + 1 == 4", true),
+            ("claims.roles.exists(r, r == 'x') || true", true),
             ("claims.big > 0u", true),
             ("claims.f > 1.0", true),
             ("has(claims.sub) && !has(claims.email)", true),
             ("size(claims) == 4", true),
+            ("now - timestamp(int(claims.n)) > duration('1h')", true),
+            (r#""sub" in claims && claims.sub.matches("^[a-z]+$")"#, true),
         ] {
             assert_eq!(run(src, c.clone(), "GET", "/p?q=1"), Ok(want), "{src}");
         }
