@@ -227,13 +227,7 @@ pub fn from_json(v: &serde_json::Value) -> Value {
         },
         serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
         serde_json::Value::Array(a) => Value::List(Arc::new(a.iter().map(from_json).collect())),
-        serde_json::Value::Object(o) => Value::Map(Map {
-            map: Arc::new(
-                o.iter()
-                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), from_json(v)))
-                    .collect(),
-            ),
-        }),
+        serde_json::Value::Object(o) => from_object(o),
     }
 }
 

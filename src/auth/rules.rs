@@ -100,23 +100,11 @@ impl Rule {
             });
         }
         if let Some(values) = &cfg.one_of {
-            if values.is_empty() {
-                return Err("`one_of` is empty".into());
-            }
-            let values = values
-                .iter()
-                .map(yaml_scalar)
-                .collect::<Result<Vec<_>, _>>()?;
+            let values = scalars("one_of", values)?;
             return Ok(Rule::OneOf { claim, values });
         }
         if let Some(values) = &cfg.any_of {
-            if values.is_empty() {
-                return Err("`any_of` is empty".into());
-            }
-            let values = values
-                .iter()
-                .map(yaml_scalar)
-                .collect::<Result<Vec<_>, _>>()?;
+            let values = scalars("any_of", values)?;
             return Ok(Rule::AnyOf { claim, values });
         }
         let value = yaml_scalar(cfg.equals.as_ref().expect("counted above"))?;
@@ -209,6 +197,14 @@ fn json_eq(a: &Value, b: &Value) -> bool {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         _ => a == b,
     }
+}
+
+/// A rule's non-empty list of values.
+fn scalars(field: &str, values: &[serde_yaml::Value]) -> Result<Vec<Value>, String> {
+    if values.is_empty() {
+        return Err(format!("`{field}` is empty"));
+    }
+    values.iter().map(yaml_scalar).collect()
 }
 
 /// A rule value: a string, number or boolean.

@@ -18,15 +18,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+/// The start both scripts share: Redis's clock in microseconds (`now`), the step (`ARGV[1]`),
+/// and the key's TAT, never in the past (`tat`). A line of Lua per variable, so the two
+/// scripts read the stored state the same way.
+macro_rules! tat_script {
+    ($args:literal, $body:literal) => {
+        concat!(
+            "local t = redis.call('TIME')\n",
+            "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n",
+            "local step = tonumber(ARGV[1])\n",
+            $args,
+            "local tat = tonumber(redis.call('GET', KEYS[1]) or now)\n",
+            "if tat < now then tat = now end\n",
+            $body
+        )
+    };
+}
+
 static GCRA: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(tat_script!(
+        "local burst = tonumber(ARGV[2])\n",
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local step = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
 local over = tat - now - (burst - 1) * step
 if over > 0 then
   return {0, math.floor(burst - (tat - now) / step), math.ceil(over), math.ceil(tat - now)}
@@ -34,26 +46,21 @@ end
 tat = tat + step
 redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 return {1, math.floor(burst - (tat - now) / step), 0, math.ceil(tat - now)}
-"#,
-    )
+"#
+    ))
 });
 
 static PUSH: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(tat_script!(
+        "local used = tonumber(ARGV[2])\n",
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local step = tonumber(ARGV[1])
-local used = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
 if used > 0 then
   tat = tat + used * step
   redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 end
 return math.ceil(tat - now)
-"#,
-    )
+"#
+    ))
 });
 
 /// Keys longer than this are stored as their SHA-256 (hex), so a huge claim cannot make a huge
