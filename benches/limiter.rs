@@ -75,7 +75,7 @@ fn benches(c: &mut Criterion) {
     let secret = b"0123456789abcdef0123456789abcdef";
     let v = Arc::new(Verifier::basic(
         "p",
-        &[Algorithm::HS256],
+        &[portcullis::auth::Alg::HS256],
         vec![secret_key(secret, None)],
     ));
     let token = jsonwebtoken::encode(

@@ -19,7 +19,9 @@ fn read(name: &str) -> Vec<u8> {
 
 /// A policy as a real deployment has it: issuer, audience, exp required, one forwarded claim.
 fn verifier(key: Key, alg: Algorithm) -> Verifier {
-    let mut v = Verifier::basic("bench", &[alg], vec![key]);
+    // jsonwebtoken's name for the signer, ours for the verifier.
+    let ours = portcullis::auth::Alg::parse(&format!("{alg:?}")).unwrap();
+    let mut v = Verifier::basic("bench", &[ours], vec![key]);
     v.issuers = vec!["https://issuer.example".into()];
     v.audiences = vec!["api".into()];
     v.require_exp = true;
@@ -168,7 +170,7 @@ fn bench_routes(c: &mut Criterion) {
                 prefix,
                 host: HostMatch::Any,
                 methods: None,
-                upstream: pool.clone(),
+                upstream: portcullis::upstream::Choice::Fixed(pool.clone()),
                 auth: vec![],
                 pre_auth_limits: vec![],
                 post_auth_limits: vec![],

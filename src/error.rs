@@ -105,6 +105,7 @@ pub enum Reject {
         realm: String,
         /// The scope values a `contains` rule wanted.
         scope: Option<String>,
+        why: Why,
     },
     /// 503: the keys to check the token with are not loaded (remote key set not fetched yet).
     KeysUnavailable,
@@ -129,6 +130,24 @@ pub enum Reject {
     PayloadTooLarge,
     /// 431: the request header is larger than `server.limits.max_header_bytes`.
     HeaderTooLarge,
+}
+
+/// Why a verified token is refused (403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// A `require` rule does not hold.
+    Rule,
+    /// The route's `upstream_by` names no pool for the token, and there is no default.
+    NoUpstream,
+}
+
+impl Why {
+    pub fn description(self) -> &'static str {
+        match self {
+            Why::Rule => "the token does not grant access",
+            Why::NoUpstream => "no upstream serves this token",
+        }
+    }
 }
 
 /// Quote a string for an HTTP quoted-string (RFC 9110 §5.6.4).
@@ -172,7 +191,7 @@ impl Reject {
                 quote(realm),
                 quote(error.description())
             )),
-            Reject::Forbidden { realm, scope } => Some(match scope {
+            Reject::Forbidden { realm, scope, .. } => Some(match scope {
                 Some(s) => format!(
                     "Bearer realm={}, error=\"insufficient_scope\", scope={}",
                     quote(realm),
@@ -195,7 +214,7 @@ impl Reject {
                 ..
             } => ("unauthorized", AuthError::Missing.description()),
             Reject::Unauthorized { error, .. } => ("invalid_token", error.description()),
-            Reject::Forbidden { .. } => ("insufficient_scope", "the token does not grant access"),
+            Reject::Forbidden { why, .. } => ("insufficient_scope", why.description()),
             Reject::TooManyRequests { .. } => ("rate_limited", "too many requests"),
             Reject::KeysUnavailable => (
                 "temporarily_unavailable",
@@ -371,6 +390,7 @@ mod tests {
         let r = Reject::Forbidden {
             realm: "x".into(),
             scope: Some("read:leads".into()),
+            why: Why::Rule,
         };
         assert_eq!(
             r.challenge().unwrap(),

@@ -326,7 +326,7 @@ fn demo(config: &std::path::Path) -> ExitCode {
             Some((secret, kid)) => {
                 let key = mint::SigningKey {
                     key: jsonwebtoken::EncodingKey::from_secret(secret),
-                    default_alg: jsonwebtoken::Algorithm::HS256,
+                    default_alg: portcullis::auth::Alg::HS256,
                     kid,
                 };
                 let opts = MintOptions {

@@ -305,3 +305,115 @@ fn check_names_the_rule_and_column_and_warns_about_url_paths() {
         "{stderr}"
     );
 }
+
+#[test]
+fn upstream_by_sends_each_tenant_to_its_pool_and_refuses_an_unmapped_one_without_default() {
+    let (acme, globex, shared) = (echo(), echo(), echo());
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  acme_pool: {{peers: ["{acme}"]}}
+  globex_pool: {{peers: ["{globex}"]}}
+  shared_pool: {{peers: ["{shared}"]}}
+keys:
+  kc: {{secret: "0123456789abcdef0123456789abcdef"}}
+auth:
+  staff: {{keys: kc, algorithms: [HS256]}}
+routes:
+  - prefix: /api/
+    auth: staff
+    upstream_by: {{claim: org.tenant, map: {{acme: acme_pool, globex: globex_pool, "7": globex_pool}}, default: shared_pool}}
+  - prefix: /strict/
+    auth: staff
+    upstream_by: {{claim: org.tenant, map: {{acme: acme_pool}}}}
+"#,
+        acme = acme.addr,
+        globex = globex.addr,
+        shared = shared.addr
+    ));
+    let token = |tenant: serde_json::Value| {
+        hs256(
+            SECRET,
+            &json!({"sub": "a", "exp": now() + 600, "org": {"tenant": tenant}}),
+        )
+    };
+    let hits = || (acme.hits(), globex.hits(), shared.hits());
+
+    assert_eq!(gw.bearer("/api/x", &token(json!("acme"))).status, 200);
+    assert_eq!(hits(), (1, 0, 0));
+    assert_eq!(gw.bearer("/api/x", &token(json!("globex"))).status, 200);
+    assert_eq!(hits(), (1, 1, 0));
+    // A number is looked up by its JSON text.
+    assert_eq!(gw.bearer("/api/x", &token(json!(7))).status, 200);
+    assert_eq!(hits(), (1, 2, 0));
+    // Unmapped, missing, or not a scalar: the default.
+    assert_eq!(gw.bearer("/api/x", &token(json!("initech"))).status, 200);
+    assert_eq!(gw.bearer("/api/x", &token(json!(["acme"]))).status, 200);
+    let no_org = hs256(SECRET, &json!({"sub": "a", "exp": now() + 600}));
+    assert_eq!(gw.bearer("/api/x", &no_org).status, 200);
+    assert_eq!(hits(), (1, 2, 3));
+    // The pool is chosen after verification: a bad token goes nowhere.
+    assert_eq!(gw.bearer("/api/x", "nope").status, 401);
+    assert_eq!(hits(), (1, 2, 3));
+
+    // Without a default, an unmapped tenant is a 403 with its own description.
+    assert_eq!(gw.bearer("/strict/x", &token(json!("acme"))).status, 200);
+    let r = gw.bearer("/strict/x", &token(json!("globex")));
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="staff", error="insufficient_scope""#)
+    );
+    assert_eq!(
+        r.json()["error_description"],
+        "no upstream serves this token"
+    );
+    assert_eq!(hits(), (2, 2, 3));
+
+    // Metrics per pool.
+    for (pool, n) in [
+        ("acme_pool", 2.0),
+        ("globex_pool", 2.0),
+        ("shared_pool", 3.0),
+    ] {
+        assert_eq!(
+            gw.metric(&format!(
+                "portcullis_upstream_duration_seconds_count{{upstream=\"{pool}\"}}"
+            )),
+            n,
+            "{pool}"
+        );
+    }
+}
+
+#[test]
+fn upstream_by_config_errors_name_the_field() {
+    let err = check_refuses_yaml(
+        r#"
+upstreams:
+  a: {peers: ["127.0.0.1:1"]}
+keys:
+  kc: {secret: "0123456789abcdef0123456789abcdef"}
+auth:
+  p: {keys: kc, algorithms: [HS256]}
+routes:
+  - {prefix: /public/, upstream_by: {claim: tenant, map: {x: a}}}
+  - {prefix: /unknown/, auth: p, upstream_by: {claim: tenant, map: {x: nope}, default: gone}}
+  - {prefix: /both/, auth: p, upstream: a, upstream_by: {claim: tenant, map: {x: a}}}
+  - {prefix: /neither/, auth: p}
+  - {prefix: /empty/, auth: p, upstream_by: {claim: "/bad~2", map: {}}}
+"#,
+    );
+    assert_errors(
+        &err,
+        &[
+            ("routes[0].upstream_by", "has no auth"),
+            ("routes[1].upstream_by.map.x", "unknown upstream \"nope\""),
+            ("routes[1].upstream_by.default", "unknown upstream \"gone\""),
+            ("routes[2]", "both upstream and upstream_by"),
+            ("routes[3].upstream", "missing"),
+            ("routes[4].upstream_by.map", "at least one"),
+            ("routes[4].upstream_by.claim", "~"),
+        ],
+    );
+}

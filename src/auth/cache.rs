@@ -12,9 +12,9 @@
 //! verified tokens are ever stored and every hit compares the whole token, a collision can cost
 //! a miss, never a wrong answer. The shard maps take that hash as their key as it is.
 
+use super::alg::Alg;
 use super::claims::Claims;
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::Algorithm;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
@@ -27,7 +27,7 @@ pub const DEFAULT_CAPACITY: usize = 65_536;
 /// Everything the request path needs from a verified token.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    pub alg: Algorithm,
+    pub alg: Alg,
     pub kid: Option<String>,
     pub claims: Claims,
     /// The JOSE header (for `header` in expressions).
@@ -173,7 +173,7 @@ mod tests {
 
     fn entry(sub: &str) -> Arc<VerifiedToken> {
         Arc::new(VerifiedToken {
-            alg: Algorithm::HS256,
+            alg: Alg::HS256,
             kid: None,
             claims: Claims::parse(format!(r#"{{"sub":"{sub}"}}"#).as_bytes()).unwrap(),
             header: Claims::parse(b"{}").unwrap(),

@@ -2,15 +2,15 @@
 //! and checked against the keys, token sources, claim rules, forwarded headers, the cache.
 //! A policy with any error is left out, and a route naming it is never built: fail closed.
 
+use super::alg::Alg;
 use super::jwk::Key;
 use super::keys::KeySet;
 use super::rules::Rule;
 use super::token::TokenSource;
-use super::verify::alg_name;
 use super::Verifier;
 use crate::config::{duration_field, Ctx, OneOrMany, PolicyConfig};
 use http::HeaderName;
-use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use jsonwebtoken::AlgorithmFamily;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -73,13 +73,17 @@ fn compile_policy(
     let algorithms = algorithms(&path, p, ctx);
     // Remote keys are unknown until fetched: the check is for static sets only.
     if all_loaded && remote.is_empty() {
-        for alg in &algorithms {
+        // (Only the names written: the EdDSA/Ed25519 twin added above fits the same keys.)
+        for alg in algorithms
+            .iter()
+            .filter(|a| p.algorithms.iter().any(|n| n == a.name()))
+        {
             if !keys.iter().any(|k| k.accepts(*alg)) {
                 ctx.error(
                     format!("{path}.algorithms"),
                     format!(
                         "{} has no matching key in key set(s) {} (they hold: {})",
-                        alg_name(*alg),
+                        alg.name(),
                         p.keys.to_vec().join(", "),
                         describe_keys(&keys)
                     ),
@@ -210,7 +214,7 @@ fn keys_of(
     (keys, remote, all_loaded)
 }
 
-fn algorithms(path: &str, p: &PolicyConfig, ctx: &Ctx) -> Vec<Algorithm> {
+fn algorithms(path: &str, p: &PolicyConfig, ctx: &Ctx) -> Vec<Alg> {
     let mut algorithms = Vec::new();
     if p.algorithms.is_empty() {
         ctx.error(
@@ -226,15 +230,20 @@ fn algorithms(path: &str, p: &PolicyConfig, ctx: &Ctx) -> Vec<Algorithm> {
             );
             continue;
         }
-        match a.parse::<Algorithm>() {
-            Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
-            Ok(_) => {}
-            Err(_) => ctx.error(
+        match Alg::parse(a) {
+            Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+            Some(_) => {}
+            None => ctx.error(
                 format!("{path}.algorithms"),
-                format!(
-                    "unknown algorithm {a:?} (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
-                ),
+                format!("unknown algorithm {a:?} (known: {})", Alg::list()),
             ),
+        }
+    }
+    // RFC 9864: `Ed25519` is the fully specified name of what `EdDSA` means with an Ed25519
+    // key (the only EdDSA curve portcullis knows), so either name accepts tokens with either.
+    for (one, other) in [(Alg::EdDSA, Alg::Ed25519), (Alg::Ed25519, Alg::EdDSA)] {
+        if algorithms.contains(&one) && !algorithms.contains(&other) {
+            algorithms.push(other);
         }
     }
     algorithms

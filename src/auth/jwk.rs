@@ -2,12 +2,13 @@
 //! `Key` ready for the crypto library. Used by configured key sets and by remote fetching alike;
 //! imports neither.
 
+use super::alg::Alg;
 use aws_lc_rs::hmac;
 use aws_lc_rs::signature::ParsedPublicKey;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
+use jsonwebtoken::{AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use serde_json::Value;
 
 /// An elliptic curve, where the key type has one.
@@ -15,6 +16,7 @@ use serde_json::Value;
 pub enum Curve {
     P256,
     P384,
+    P521,
     Ed25519,
 }
 
@@ -25,7 +27,7 @@ pub struct Key {
     pub family: AlgorithmFamily,
     pub curve: Option<Curve>,
     /// A JWK's `alg`: when set, only that algorithm may use the key.
-    pub alg: Option<Algorithm>,
+    pub alg: Option<Alg>,
     pub decoding: DecodingKey,
     /// The key parsed once for the crypto library, per algorithm it can verify.
     prepared: Prepared,
@@ -33,8 +35,8 @@ pub struct Key {
 
 /// Key material parsed at load time, so a verification does no key parsing.
 enum Prepared {
-    Hmac(Vec<(Algorithm, hmac::Key)>),
-    Public(Vec<(Algorithm, ParsedPublicKey)>),
+    Hmac(Vec<(Alg, hmac::Key)>),
+    Public(Vec<(Alg, ParsedPublicKey)>),
 }
 
 fn prepare(
@@ -47,7 +49,7 @@ fn prepare(
         DecodingKeyKind::SecretOrDer(b) => b.clone(),
         DecodingKeyKind::RsaModulusExponent { n, e } => crate::der::rsa_public_pkcs1(n, e),
     };
-    let public = |list: &[(Algorithm, &'static dyn sig::VerificationAlgorithm)]| {
+    let public = |list: &[(Alg, &'static dyn sig::VerificationAlgorithm)]| {
         list.iter()
             .map(|(a, v)| {
                 ParsedPublicKey::new(*v, &bytes)
@@ -59,23 +61,28 @@ fn prepare(
     };
     match (family, curve) {
         (AlgorithmFamily::Hmac, _) => Ok(Prepared::Hmac(vec![
-            (Algorithm::HS256, hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
-            (Algorithm::HS384, hmac::Key::new(hmac::HMAC_SHA384, &bytes)),
-            (Algorithm::HS512, hmac::Key::new(hmac::HMAC_SHA512, &bytes)),
+            (Alg::HS256, hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
+            (Alg::HS384, hmac::Key::new(hmac::HMAC_SHA384, &bytes)),
+            (Alg::HS512, hmac::Key::new(hmac::HMAC_SHA512, &bytes)),
         ])),
         (AlgorithmFamily::Rsa, _) => public(&[
-            (Algorithm::RS256, &sig::RSA_PKCS1_2048_8192_SHA256),
-            (Algorithm::RS384, &sig::RSA_PKCS1_2048_8192_SHA384),
-            (Algorithm::RS512, &sig::RSA_PKCS1_2048_8192_SHA512),
-            (Algorithm::PS256, &sig::RSA_PSS_2048_8192_SHA256),
-            (Algorithm::PS384, &sig::RSA_PSS_2048_8192_SHA384),
-            (Algorithm::PS512, &sig::RSA_PSS_2048_8192_SHA512),
+            (Alg::RS256, &sig::RSA_PKCS1_2048_8192_SHA256),
+            (Alg::RS384, &sig::RSA_PKCS1_2048_8192_SHA384),
+            (Alg::RS512, &sig::RSA_PKCS1_2048_8192_SHA512),
+            (Alg::PS256, &sig::RSA_PSS_2048_8192_SHA256),
+            (Alg::PS384, &sig::RSA_PSS_2048_8192_SHA384),
+            (Alg::PS512, &sig::RSA_PSS_2048_8192_SHA512),
         ]),
         (AlgorithmFamily::Ec, Some(Curve::P384)) => {
-            public(&[(Algorithm::ES384, &sig::ECDSA_P384_SHA384_FIXED)])
+            public(&[(Alg::ES384, &sig::ECDSA_P384_SHA384_FIXED)])
         }
-        (AlgorithmFamily::Ec, _) => public(&[(Algorithm::ES256, &sig::ECDSA_P256_SHA256_FIXED)]),
-        (AlgorithmFamily::Ed, _) => public(&[(Algorithm::EdDSA, &sig::ED25519)]),
+        (AlgorithmFamily::Ec, Some(Curve::P521)) => {
+            public(&[(Alg::ES512, &sig::ECDSA_P521_SHA512_FIXED)])
+        }
+        (AlgorithmFamily::Ec, _) => public(&[(Alg::ES256, &sig::ECDSA_P256_SHA256_FIXED)]),
+        (AlgorithmFamily::Ed, _) => {
+            public(&[(Alg::EdDSA, &sig::ED25519), (Alg::Ed25519, &sig::ED25519)])
+        }
     }
 }
 
@@ -97,7 +104,7 @@ impl Key {
         kid: Option<String>,
         family: AlgorithmFamily,
         curve: Option<Curve>,
-        alg: Option<Algorithm>,
+        alg: Option<Alg>,
         decoding: DecodingKey,
     ) -> Result<Key, String> {
         let prepared = prepare(family, curve, &decoding)?;
@@ -112,7 +119,7 @@ impl Key {
     }
 
     /// Does `signature` sign `message` under this key with `alg`? (Constant time for HMAC.)
-    pub fn verify_signature(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+    pub fn verify_signature(&self, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
         match &self.prepared {
             Prepared::Hmac(keys) => keys
                 .iter()
@@ -126,18 +133,17 @@ impl Key {
     }
 
     /// May this key verify a token signed with `alg`?
-    pub fn accepts(&self, alg: Algorithm) -> bool {
+    pub fn accepts(&self, alg: Alg) -> bool {
         if alg.family() != self.family {
             return false;
         }
         if let Some(a) = self.alg {
-            if a != alg {
+            if !a.same_signature(alg) {
                 return false;
             }
         }
-        match (alg, self.curve) {
-            (Algorithm::ES256, Some(c)) => c == Curve::P256,
-            (Algorithm::ES384, Some(c)) => c == Curve::P384,
+        match (alg.curve(), self.curve) {
+            (Some(want), Some(have)) => want == have,
             _ => true,
         }
     }
@@ -245,10 +251,9 @@ pub fn parse_jwk(v: &Value) -> Result<Key, String> {
     };
     let alg = match v.get("alg") {
         None => None,
-        Some(Value::String(s)) => Some(
-            s.parse::<Algorithm>()
-                .map_err(|_| format!("unsupported alg {s:?}"))?,
-        ),
+        Some(Value::String(s)) => {
+            Some(Alg::parse(s).ok_or_else(|| format!("unsupported alg {s:?}"))?)
+        }
         Some(_) => return Err("`alg` must be a string".into()),
     };
     let b64 = |name: &str| -> Result<Vec<u8>, String> {
@@ -286,6 +291,7 @@ pub fn parse_jwk(v: &Value) -> Result<Key, String> {
             let (curve, len) = match crv {
                 "P-256" => (Curve::P256, 32),
                 "P-384" => (Curve::P384, 48),
+                "P-521" => (Curve::P521, 66),
                 other => return Err(format!("unsupported EC curve {other:?}")),
             };
             let x = b64("x")?;
@@ -324,6 +330,11 @@ pub fn parse_jwk(v: &Value) -> Result<Key, String> {
         if a.family() != family {
             return Err(format!("alg {a:?} does not fit kty {kty:?}"));
         }
+        if let (Some(want), Some(have)) = (a.curve(), curve) {
+            if want != have {
+                return Err(format!("alg {a:?} needs a {want:?} key, not {have:?}"));
+            }
+        }
     }
     Key::new(kid, family, curve, alg, decoding)
 }
@@ -356,12 +367,13 @@ pub fn pem_block(pem: &[u8]) -> Result<(String, Vec<u8>), String> {
 
 const OID_P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
 const OID_P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+const OID_P521: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x23];
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A PEM public key: RSA (PKCS#1 or SPKI), EC P-256/P-384 or Ed25519 (SPKI).
+/// A PEM public key: RSA (PKCS#1 or SPKI), EC P-256/P-384/P-521 or Ed25519 (SPKI).
 pub fn parse_public_pem(pem: &[u8]) -> Result<Key, String> {
     let (label, der) = pem_block(pem)?;
     if label.contains("PRIVATE") {
@@ -383,8 +395,10 @@ pub fn parse_public_pem(pem: &[u8]) -> Result<Key, String> {
             Curve::P256
         } else if contains(&der, OID_P384) {
             Curve::P384
+        } else if contains(&der, OID_P521) {
+            Curve::P521
         } else {
-            return Err("unsupported EC curve (P-256 and P-384 are supported)".into());
+            return Err("unsupported EC curve (P-256, P-384 and P-521 are supported)".into());
         };
         return key(AlgorithmFamily::Ec, Some(curve), k);
     }
@@ -405,8 +419,8 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("0001"));
         assert_eq!(keys[0].secret(), Some(&b"fantasticjwt"[..]));
-        assert!(keys[0].accepts(Algorithm::HS256));
-        assert!(!keys[0].accepts(Algorithm::RS256));
+        assert!(keys[0].accepts(Alg::HS256));
+        assert!(!keys[0].accepts(Alg::RS256));
     }
 
     #[test]
@@ -431,13 +445,13 @@ mod tests {
         let read = |f: &str| std::fs::read(format!("{dir}{f}")).unwrap();
         let rsa = parse_public_pem(&read("rsa_public.pem")).unwrap();
         assert_eq!(rsa.family, AlgorithmFamily::Rsa);
-        assert!(rsa.accepts(Algorithm::PS256));
+        assert!(rsa.accepts(Alg::PS256));
         let ec = parse_public_pem(&read("ec_public.pem")).unwrap();
         assert_eq!(ec.curve, Some(Curve::P256));
-        assert!(ec.accepts(Algorithm::ES256));
-        assert!(!ec.accepts(Algorithm::ES384));
+        assert!(ec.accepts(Alg::ES256));
+        assert!(!ec.accepts(Alg::ES384));
         let ed = parse_public_pem(&read("ed_public.pem")).unwrap();
-        assert!(ed.accepts(Algorithm::EdDSA));
+        assert!(ed.accepts(Alg::EdDSA));
         assert!(parse_public_pem(&read("rsa_private.pem"))
             .unwrap_err()
             .contains("public key"));

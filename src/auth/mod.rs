@@ -1,5 +1,6 @@
 //! Authentication: where tokens come from, the keys that verify them, and the checks.
 
+pub mod alg;
 pub mod cache;
 pub mod claims;
 pub mod compile;
@@ -12,6 +13,7 @@ pub mod rules;
 pub mod token;
 pub mod verify;
 
+pub use alg::Alg;
 pub use claims::Claims;
 pub use path::ClaimPath;
 pub use verify::{Verified, Verifier};
@@ -81,6 +83,7 @@ pub fn check(
                         Reject::Forbidden {
                             realm: p.realm.clone(),
                             scope: failure.scope,
+                            why: crate::error::Why::Rule,
                         },
                     ));
                 }

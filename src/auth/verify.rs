@@ -5,6 +5,7 @@
 //! that matters for security in one readable place: which algorithms, which key, `crit`,
 //! duplicate members, the types of `exp`/`nbf`.
 
+use super::alg::Alg;
 use super::cache::{TokenCache, VerifiedToken};
 use super::claims::Claims;
 use super::jwk::Key;
@@ -13,7 +14,6 @@ use crate::error::AuthError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::Algorithm;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,7 +26,7 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub struct Verifier {
     pub name: String,
     pub realm: String,
-    pub algorithms: Vec<Algorithm>,
+    pub algorithms: Vec<Alg>,
     /// Keys of all the policy's static key sets, in configuration order.
     pub keys: Vec<Arc<Key>>,
     /// The policy's remote key sets (keys fetched at run time).
@@ -58,7 +58,7 @@ pub struct Verifier {
 /// A token that passed every check.
 #[derive(Debug)]
 pub struct Verified<'t> {
-    pub alg: Algorithm,
+    pub alg: Alg,
     pub kid: Option<String>,
     pub claims: Claims,
     /// The JOSE header.
@@ -93,7 +93,7 @@ impl Verifier {
     /// A policy with only the essentials: Bearer tokens, these algorithms and keys, no issuer,
     /// audience, rules, forwarding or cache. `compile` builds the real ones from configuration;
     /// this is for tests and benchmarks, which then set the fields they need.
-    pub fn basic(name: &str, algorithms: &[Algorithm], keys: Vec<Key>) -> Verifier {
+    pub fn basic(name: &str, algorithms: &[Alg], keys: Vec<Key>) -> Verifier {
         Verifier {
             name: name.to_string(),
             realm: name.to_string(),
@@ -147,7 +147,7 @@ impl Verifier {
             .algorithms
             .iter()
             .copied()
-            .find(|a| alg_name(*a) == alg.as_str())
+            .find(|a| a.name() == alg.as_str())
             .ok_or(AuthError::AlgorithmNotAllowed)?;
         if header.get("crit").is_some() {
             return Err(AuthError::UnsupportedCrit);
@@ -325,25 +325,6 @@ pub fn normal_type(t: &str) -> String {
     }
 }
 
-/// The JOSE name of an algorithm (`HS256`, `EdDSA`, ...).
-pub fn alg_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::HS256 => "HS256",
-        Algorithm::HS384 => "HS384",
-        Algorithm::HS512 => "HS512",
-        Algorithm::ES256 => "ES256",
-        Algorithm::ES384 => "ES384",
-        Algorithm::RS256 => "RS256",
-        Algorithm::RS384 => "RS384",
-        Algorithm::RS512 => "RS512",
-        Algorithm::PS256 => "PS256",
-        Algorithm::PS384 => "PS384",
-        Algorithm::PS512 => "PS512",
-        Algorithm::EdDSA => "EdDSA",
-        _ => "unknown",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,13 +334,13 @@ mod tests {
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-    fn verifier(keys: Vec<Key>, algs: &[Algorithm]) -> Verifier {
+    fn verifier(keys: Vec<Key>, algs: &[Alg]) -> Verifier {
         Verifier::basic("t", algs, keys)
     }
 
     fn hs(claims: Value) -> String {
         encode(
-            &Header::new(Algorithm::HS256),
+            &Header::new(jsonwebtoken::Algorithm::HS256),
             &claims,
             &EncodingKey::from_secret(SECRET),
         )
@@ -375,7 +356,7 @@ mod tests {
         let sig = jsonwebtoken::crypto::sign(
             msg.as_bytes(),
             &EncodingKey::from_secret(SECRET),
-            Algorithm::HS256,
+            jsonwebtoken::Algorithm::HS256,
         )
         .unwrap();
         format!("{msg}.{sig}")
@@ -383,7 +364,7 @@ mod tests {
 
     #[test]
     fn accepts_a_good_token_and_checks_times() {
-        let mut v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let mut v = verifier(vec![secret_key(SECRET, None)], &[Alg::HS256]);
         let t = hs(json!({"sub":"a","exp":1000,"nbf":500}));
         assert_eq!(v.verify(&t, 700.0).unwrap().claims.str("sub"), Some("a"));
         assert_eq!(v.verify(&t, 1000.0).unwrap_err(), AuthError::Expired);
@@ -396,7 +377,7 @@ mod tests {
 
     #[test]
     fn string_exp_and_duplicate_claims_are_refused() {
-        let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let v = verifier(vec![secret_key(SECRET, None)], &[Alg::HS256]);
         let t = sign_raw(r#"{"alg":"HS256"}"#, r#"{"sub":"a","exp":"1"}"#);
         assert_eq!(v.verify(&t, 10.0).unwrap_err(), AuthError::BadTimeClaim);
         let t = sign_raw(r#"{"alg":"HS256"}"#, r#"{"sub":"a","sub":"admin"}"#);
@@ -407,7 +388,7 @@ mod tests {
 
     #[test]
     fn alg_none_crit_and_wrong_alg() {
-        let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let v = verifier(vec![secret_key(SECRET, None)], &[Alg::HS256]);
         for alg in ["none", "None", "NONE", "nOnE", "hs256"] {
             let t = format!(
                 "{}.{}.",
@@ -434,9 +415,9 @@ mod tests {
         .unwrap();
         let rsa = parse_public_pem(&pem).unwrap();
         // Even a policy that (unwisely) allows both families never uses an RSA key for HMAC.
-        let v = verifier(vec![rsa], &[Algorithm::RS256, Algorithm::HS256]);
+        let v = verifier(vec![rsa], &[Alg::RS256, Alg::HS256]);
         let t = encode(
-            &Header::new(Algorithm::HS256),
+            &Header::new(jsonwebtoken::Algorithm::HS256),
             &json!({"sub":"a"}),
             &EncodingKey::from_secret(&pem),
         )
@@ -446,7 +427,7 @@ mod tests {
 
     #[test]
     fn malformed_shapes() {
-        let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let v = verifier(vec![secret_key(SECRET, None)], &[Alg::HS256]);
         for t in [
             "",
             "a",
@@ -469,7 +450,7 @@ mod tests {
 
     #[test]
     fn cache_hits_still_expire_and_never_match_another_token() {
-        let mut v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let mut v = verifier(vec![secret_key(SECRET, None)], &[Alg::HS256]);
         v.cache = Some(TokenCache::new(64));
         let t = hs(json!({"sub":"a","exp":1000}));
         let first = v.verify_token(&t, 500.0).unwrap();
@@ -493,7 +474,7 @@ mod tests {
 
     #[test]
     fn signatures_must_be_canonical_base64url() {
-        let v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let v = verifier(vec![secret_key(SECRET, None)], &[Alg::HS256]);
         let t = hs(json!({"sub":"a"}));
         assert!(v.verify(&t, 1.0).is_ok());
         // The last of 43 characters carries 4 bits of the 32-byte MAC and 2 unused bits: a
@@ -509,7 +490,7 @@ mod tests {
 
     #[test]
     fn issuer_and_audience() {
-        let mut v = verifier(vec![secret_key(SECRET, None)], &[Algorithm::HS256]);
+        let mut v = verifier(vec![secret_key(SECRET, None)], &[Alg::HS256]);
         v.issuers = vec!["me".into()];
         v.audiences = vec!["api".into(), "web".into()];
         assert!(v.verify(&hs(json!({"iss":"me","aud":"web"})), 1.0).is_ok());

@@ -689,7 +689,10 @@ pub struct RouteConfig {
     #[serde(skip)]
     pub index: usize,
     pub prefix: String,
-    pub upstream: String,
+    /// The pool every request of the route goes to; or `upstream_by`.
+    pub upstream: Option<String>,
+    /// The pool chosen by a claim of the verified token.
+    pub upstream_by: Option<UpstreamByConfig>,
     pub auth: Option<OneOrMany<String>>,
     pub host: Option<String>,
     pub methods: Option<Vec<String>>,
@@ -702,6 +705,17 @@ pub struct RouteConfig {
     pub request_headers: Option<HeaderRulesConfig>,
     pub response_headers: Option<HeaderRulesConfig>,
     pub cors: Option<CorsConfig>,
+}
+
+/// `routes[].upstream_by`: after verification, a claim's value names the pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamByConfig {
+    pub claim: String,
+    /// Claim value -> upstream name.
+    pub map: BTreeMap<String, String>,
+    /// For a token without the claim or with an unmapped value (none: 403).
+    pub default: Option<String>,
 }
 
 /// A config file read from disk, with the folder that relative paths resolve against.

@@ -11,7 +11,6 @@ pub mod routes;
 pub use routes::{HostMatch, Route, RouteTable};
 
 use crate::auth::keys::KeySet;
-use crate::auth::verify::alg_name;
 use crate::auth::Verifier;
 use crate::config::{ConfigErrors, Ctx, Loaded};
 use crate::edge::EdgeRules;
@@ -196,12 +195,13 @@ impl Policy {
             let _ = writeln!(
                 s,
                 "  {:<28} -> {:<14} {auth}{limits}",
-                r.id, r.upstream.name
+                r.id,
+                r.upstream.describe()
             );
         }
         let _ = writeln!(s, "auth policies ({}):", self.verifiers.len());
         for (name, v) in &self.verifiers {
-            let algs: Vec<&str> = v.algorithms.iter().map(|a| alg_name(*a)).collect();
+            let algs: Vec<&str> = v.algorithms.iter().map(|a| a.name()).collect();
             let _ = writeln!(
                 s,
                 "  {name:<16} {} key(s), algorithms {}, realm {:?}, {} rule(s)",

@@ -8,7 +8,7 @@ use crate::edge::headers::{HeaderRules, Template};
 use crate::edge::{canonical_prefix, PathRules};
 use crate::error::Reject;
 use crate::limit::{LimitKey, RateLimiter};
-use crate::upstream::{HashKey, Pool};
+use crate::upstream::{ByClaim, Choice, HashKey, Pool};
 use http::HeaderName;
 use http::Method;
 use std::collections::BTreeMap;
@@ -78,7 +78,8 @@ pub struct Route {
     pub host: HostMatch,
     /// `None`: any method.
     pub methods: Option<Vec<Method>>,
-    pub upstream: Arc<Pool>,
+    /// The pool, or how the token picks it.
+    pub upstream: Choice,
     /// Policies of which any one must accept the token; empty = public route.
     pub auth: Vec<Arc<Verifier>>,
     /// Limits keyed on the IP or a header: checked before the token is verified.
@@ -234,18 +235,8 @@ fn compile_route(r: &RouteConfig, t: &Targets<'_>, ctx: &Ctx) -> Option<Route> {
     } else if let Err(e) = canonical_prefix(&r.prefix, t.path_rules) {
         ctx.error(format!("{path}.prefix"), e);
     }
-    let upstream = t.upstreams.get(&r.upstream).cloned();
-    if upstream.is_none() && !ctx.config().defines("upstreams", &r.upstream) {
-        ctx.error(
-            format!("{path}.upstream"),
-            format!(
-                "unknown upstream {:?} (defined: {})",
-                r.upstream,
-                ctx.defined("upstreams")
-            ),
-        );
-    }
     let policy_names = r.auth.as_ref().map(|a| a.to_vec()).unwrap_or_default();
+    let upstream = choice_of(&path, r, policy_names.is_empty(), t, ctx);
     let auth = auth_of(&path, r, &policy_names, t, ctx);
     let host = match &r.host {
         None => HostMatch::Any,
@@ -262,17 +253,6 @@ fn compile_route(r: &RouteConfig, t: &Targets<'_>, ctx: &Ctx) -> Option<Route> {
         .unwrap_or_default();
     let (pre_auth_limits, post_auth_limits) =
         limits_of(&path, &limit_names, policy_names.is_empty(), t, ctx);
-    if let (Some(u), true) = (&upstream, policy_names.is_empty()) {
-        if matches!(u.hash_key, Some(HashKey::Claim(_))) {
-            ctx.error(
-                format!("{path}.upstream"),
-                format!(
-                    "upstream {:?} hashes on a claim, but this route has no auth",
-                    r.upstream
-                ),
-            );
-        }
-    }
     let edge = route_edge(&path, r, t.path_rules, ctx);
     // A route whose policy or limit failed is never built: fail closed.
     let complete = auth.len() == policy_names.len()
@@ -298,6 +278,86 @@ fn compile_route(r: &RouteConfig, t: &Targets<'_>, ctx: &Ctx) -> Option<Route> {
         metrics: crate::observe::metrics::RouteMetrics::new(&id),
         id,
     })
+}
+
+/// `upstream` or `upstream_by` (exactly one). A pool hashing on a claim, or a choice by claim,
+/// needs the route to verify tokens.
+fn choice_of(
+    path: &str,
+    r: &RouteConfig,
+    public: bool,
+    t: &Targets<'_>,
+    ctx: &Ctx,
+) -> Option<Choice> {
+    let pool = |field: String, name: &str| -> Option<Arc<Pool>> {
+        let found = t.upstreams.get(name).cloned();
+        if found.is_none() && !ctx.config().defines("upstreams", name) {
+            ctx.error(
+                field.as_str(),
+                format!(
+                    "unknown upstream {name:?} (defined: {})",
+                    ctx.defined("upstreams")
+                ),
+            );
+        }
+        if let (Some(u), true) = (&found, public) {
+            if matches!(u.hash_key, Some(HashKey::Claim(_))) {
+                ctx.error(
+                    field.as_str(),
+                    format!("upstream {name:?} hashes on a claim, but this route has no auth"),
+                );
+            }
+        }
+        found
+    };
+    match (&r.upstream, &r.upstream_by) {
+        (Some(name), None) => pool(format!("{path}.upstream"), name).map(Choice::Fixed),
+        (None, Some(by)) => {
+            let field = format!("{path}.upstream_by");
+            if public {
+                ctx.error(
+                    field.as_str(),
+                    "picks the upstream by a claim, but this route has no auth",
+                );
+            }
+            let claim = crate::auth::path::compile(ctx, format!("{field}.claim"), &by.claim);
+            if by.map.is_empty() {
+                ctx.error(format!("{field}.map"), "at least one claim value is needed");
+            }
+            let mut map = std::collections::HashMap::new();
+            for (value, name) in &by.map {
+                if let Some(p) = pool(format!("{field}.map.{value}"), name) {
+                    map.insert(value.clone(), p);
+                }
+            }
+            let default = match &by.default {
+                Some(name) => Some(pool(format!("{field}.default"), name)?),
+                None => None,
+            };
+            if map.len() != by.map.len() {
+                return None;
+            }
+            Some(Choice::ByClaim(ByClaim {
+                claim: claim?,
+                map,
+                default,
+            }))
+        }
+        (Some(_), Some(_)) => {
+            ctx.error(
+                path,
+                "both upstream and upstream_by: give one (a fixed pool, or the claim that picks it)",
+            );
+            None
+        }
+        (None, None) => {
+            ctx.error(
+                format!("{path}.upstream"),
+                "missing: name the upstream (or give upstream_by)",
+            );
+            None
+        }
+    }
 }
 
 struct RouteEdge {
@@ -507,7 +567,10 @@ mod tests {
                 HostMatch::parse(host).unwrap()
             },
             methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
-            upstream: Arc::new(Pool::new("p", vec![("127.0.0.1:1".parse().unwrap(), 1)])),
+            upstream: Choice::Fixed(Arc::new(Pool::new(
+                "p",
+                vec![("127.0.0.1:1".parse().unwrap(), 1)],
+            ))),
             auth: vec![],
             pre_auth_limits: vec![],
             post_auth_limits: vec![],

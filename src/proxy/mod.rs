@@ -9,7 +9,7 @@ use crate::observe::access_log::{now_rfc3339, ClientCertInfo, JwtInfo, Line};
 use crate::observe::metrics::{metrics, no_route_metrics};
 use crate::policy::{Policy, Route};
 use crate::reload::Live;
-use crate::upstream::HashKey;
+use crate::upstream::{Choice, HashKey, Pool};
 use async_trait::async_trait;
 use http::HeaderName;
 use pingora_core::protocols::http::HttpTask;
@@ -40,6 +40,8 @@ pub struct Ctx {
     /// The policy snapshot this request uses from start to end.
     pub policy: Option<Arc<Policy>>,
     pub route: Option<Arc<Route>>,
+    /// The pool the request goes to (the route's, or the one its token picked).
+    pub pool: Option<Arc<Pool>>,
     /// The verified token, whose forwarded headers are set upstream.
     pub token: Option<Arc<crate::auth::cache::VerifiedToken>>,
     /// The peer chosen last, and those that refused a connection.
@@ -353,6 +355,7 @@ impl ProxyHttp for Gateway {
             start: Instant::now(),
             policy: None,
             route: None,
+            pool: None,
             token: None,
             peer: None,
             failed: Vec::new(),
@@ -411,11 +414,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let pool = &route.upstream;
+        let pool = ctx
+            .pool
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
         let key: Vec<u8> = match &pool.hash_key {
             None => Vec::new(),
             Some(HashKey::Claim(_)) => std::mem::take(&mut ctx.hash_key),
@@ -429,16 +431,16 @@ impl ProxyHttp for Gateway {
         let addr = chosen.ok_or_else(|| {
             metrics()
                 .upstream_errors
-                .with_label_values(&[&route.upstream.name, "no_peer"])
+                .with_label_values(&[&pool.name, "no_peer"])
                 .inc();
             Error::explain(
                 ErrorType::HTTPStatus(502),
-                format!("no peer of upstream {} is available", route.upstream.name),
+                format!("no peer of upstream {} is available", pool.name),
             )
         })?;
         ctx.peer = Some(addr);
         ctx.upstream_start = Some(Instant::now());
-        let settings = &route.upstream.settings;
+        let settings = &pool.settings;
         let mut peer = match &settings.tls {
             None => HttpPeer::new(addr, false, String::new()),
             Some(tls) => {
@@ -468,7 +470,7 @@ impl ProxyHttp for Gateway {
         if let Some(p) = ctx.peer.take() {
             ctx.failed.push(p);
         }
-        if let Some(route) = &ctx.route {
+        if let Some(pool) = &ctx.pool {
             let kind = match e.etype() {
                 ErrorType::ConnectTimedout => "connect_timeout",
                 ErrorType::ConnectRefused => "connect_refused",
@@ -476,11 +478,11 @@ impl ProxyHttp for Gateway {
             };
             metrics()
                 .upstream_errors
-                .with_label_values(&[&route.upstream.name, kind])
+                .with_label_values(&[&pool.name, kind])
                 .inc();
         }
         // Nothing was sent: any method may go to another peer, within the pool's try budget.
-        let budget = ctx.route.as_ref().map_or(1, |r| r.upstream.settings.tries);
+        let budget = ctx.pool.as_ref().map_or(1, |p| p.settings.tries);
         if ctx.failed.len() < budget {
             e.set_retry(true);
         }
@@ -557,8 +559,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut pingora_http::ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(t), Some(route)) = (ctx.upstream_start, &ctx.route) {
-            route.upstream.duration.observe(t.elapsed().as_secs_f64());
+        if let (Some(t), Some(pool)) = (ctx.upstream_start, &ctx.pool) {
+            pool.duration.observe(t.elapsed().as_secs_f64());
         }
         decoration(session, ctx).apply(upstream_response);
         Ok(())
@@ -572,7 +574,7 @@ impl ProxyHttp for Gateway {
             Some(r) => r.metrics.observe(status, seconds),
             None => no_route_metrics().observe(status, seconds),
         }
-        if let (Some(e), Some(r)) = (e, &ctx.route) {
+        if let (Some(e), Some(pool)) = (e, &ctx.pool) {
             let kind = match e.etype() {
                 // Connection failures were counted when they happened.
                 ErrorType::ConnectTimedout
@@ -587,7 +589,7 @@ impl ProxyHttp for Gateway {
             };
             if let (Some(kind), pingora_core::ErrorSource::Upstream) = (kind, e.esource()) {
                 m.upstream_errors
-                    .with_label_values(&[&r.upstream.name, kind])
+                    .with_label_values(&[&pool.name, kind])
                     .inc();
             }
         }
@@ -686,6 +688,7 @@ impl Gateway {
             admit(limiter, &key).await?;
         }
         if route.auth.is_empty() {
+            ctx.pool = route.upstream.fixed().cloned();
             return self.render_headers(session, ctx, &route);
         }
         let (which, checked) = auth::check_refetching(
@@ -716,7 +719,7 @@ impl Gateway {
         let passed = checked?;
         let token = &passed.token;
         if let Some(log) = &ctx.access_log {
-            ctx.jwt = Some((auth::verify::alg_name(token.alg), token.kid.clone()));
+            ctx.jwt = Some((token.alg.name(), token.kid.clone()));
             for c in &log.claims {
                 if let Some(v) = token.claims.at(c) {
                     ctx.log_claims.insert(c.as_str().to_owned(), v.clone());
@@ -730,9 +733,23 @@ impl Gateway {
                 admit(limiter, &claim_key(&token.claims, c)).await?;
             }
         }
-        if let Some(HashKey::Claim(c)) = &route.upstream.hash_key {
+        let pool = match &route.upstream {
+            Choice::Fixed(p) => p.clone(),
+            Choice::ByClaim(by) => match by.pick(&token.claims) {
+                Some(p) => p.clone(),
+                None => {
+                    return Err(Reject::Forbidden {
+                        realm: route.auth[which].realm.clone(),
+                        scope: None,
+                        why: crate::error::Why::NoUpstream,
+                    })
+                }
+            },
+        };
+        if let Some(HashKey::Claim(c)) = &pool.hash_key {
             ctx.hash_key = claim_key(&token.claims, c);
         }
+        ctx.pool = Some(pool);
         ctx.token = Some(passed.token);
         self.render_headers(session, ctx, &route)
     }

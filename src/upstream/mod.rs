@@ -115,6 +115,78 @@ pub struct Pool {
     pub duration: prometheus::Histogram,
 }
 
+/// Which pool a route's requests go to.
+#[derive(Debug)]
+pub enum Choice {
+    /// `upstream`: always this one.
+    Fixed(Arc<Pool>),
+    /// `upstream_by`: the pool a claim of the verified token names.
+    ByClaim(ByClaim),
+}
+
+/// `upstream_by`, compiled: claim value -> pool.
+#[derive(Debug)]
+pub struct ByClaim {
+    pub claim: crate::auth::ClaimPath,
+    pub map: std::collections::HashMap<String, Arc<Pool>>,
+    /// For a token without the claim or with a value not in `map`; none: 403.
+    pub default: Option<Arc<Pool>>,
+}
+
+impl ByClaim {
+    /// The pool for these claims. A string claim is looked up as it is; a number or boolean by
+    /// its JSON text (`7`, `true`); an array, object or null never matches (the default applies).
+    pub fn pick(&self, claims: &crate::auth::Claims) -> Option<&Arc<Pool>> {
+        use serde_json::Value;
+        let mapped = match claims.at(&self.claim) {
+            Some(Value::String(s)) => self.map.get(s.as_str()),
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => self.map.get(&v.to_string()),
+            _ => None,
+        };
+        mapped.or(self.default.as_ref())
+    }
+
+    /// Every pool this choice can name (for health checks and `check`).
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.map.values().chain(self.default.iter())
+    }
+}
+
+impl Choice {
+    /// The pool when it does not depend on the token.
+    pub fn fixed(&self) -> Option<&Arc<Pool>> {
+        match self {
+            Choice::Fixed(p) => Some(p),
+            Choice::ByClaim(_) => None,
+        }
+    }
+
+    /// The pool's name, or `by <claim>: a|b|*default`.
+    pub fn describe(&self) -> String {
+        match self {
+            Choice::Fixed(p) => p.name.clone(),
+            Choice::ByClaim(b) => {
+                let mut names: Vec<&str> = b.map.values().map(|p| p.name.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                let mut s = format!("by {}: {}", b.claim.as_str(), names.join("|"));
+                if let Some(d) = &b.default {
+                    s.push_str(&format!(" (default {})", d.name));
+                }
+                s
+            }
+        }
+    }
+
+    /// Every pool the route may use.
+    pub fn pools(&self) -> Vec<&Arc<Pool>> {
+        match self {
+            Choice::Fixed(p) => vec![p],
+            Choice::ByClaim(b) => b.pools().collect(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
