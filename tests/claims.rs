@@ -417,3 +417,97 @@ routes:
         ],
     );
 }
+
+/// Tokens from an independent signer (Python `cryptography`): ES512 with a P-521 key from a PEM
+/// file and from a JWKS, and Ed25519 under its RFC 9864 name and as EdDSA.
+#[test]
+fn es512_and_ed25519_tokens_from_another_signer_verify() {
+    let echo = echo();
+    let dir = temp_dir();
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jose_mint.py"))
+        .arg(&dir)
+        .arg((now() + 600).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = |name: &str| t[name].as_str().unwrap().to_string();
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  api: {{peers: ["{echo}"]}}
+keys:
+  p521_pem: {{pem_file: "{dir}/p521.pem"}}
+  ed_pem: {{pem_file: "{dir}/ed.pem"}}
+  jwks: {{jwks_file: "{dir}/jwks.json"}}
+auth:
+  es512: {{keys: p521_pem, algorithms: [ES512]}}
+  es512_jwks: {{keys: jwks, algorithms: [ES512]}}
+  ed25519: {{keys: ed_pem, algorithms: [Ed25519]}}
+  eddsa: {{keys: ed_pem, algorithms: [EdDSA]}}
+  ed_jwks: {{keys: jwks, algorithms: [Ed25519]}}
+routes:
+  - {{prefix: /es512/, upstream: api, auth: es512}}
+  - {{prefix: /es512-jwks/, upstream: api, auth: es512_jwks}}
+  - {{prefix: /ed25519/, upstream: api, auth: ed25519}}
+  - {{prefix: /eddsa/, upstream: api, auth: eddsa}}
+  - {{prefix: /ed-jwks/, upstream: api, auth: ed_jwks}}
+"#,
+        echo = echo.addr,
+        dir = dir.display()
+    ));
+    for (path, token) in [
+        ("/es512/x", "es512"),
+        ("/es512-jwks/x", "es512_kid"),
+        // Either name of the Ed25519 signature is accepted by a policy naming either.
+        ("/ed25519/x", "ed25519"),
+        ("/ed25519/x", "eddsa"),
+        ("/eddsa/x", "ed25519"),
+        ("/eddsa/x", "eddsa"),
+        // A JWK with `alg: Ed25519` verifies EdDSA-named tokens too.
+        ("/ed-jwks/x", "eddsa_kid"),
+        ("/ed-jwks/x", "ed25519_kid"),
+    ] {
+        let r = gw.bearer(path, &t(token));
+        assert_eq!(
+            r.status,
+            200,
+            "{path} {token}: {:?}",
+            r.header("www-authenticate")
+        );
+    }
+    assert_eq!(echo.hits(), 8);
+    for (path, token, why) in [
+        ("/es512/x", "es512_other_key", "signature invalid"),
+        // A P-521 signature under the ES256 name: not an allowed algorithm here.
+        ("/es512/x", "es512_as_es256", "algorithm not allowed"),
+        // An Ed25519 token on the ES512 policy, and an ES512 one on the Ed25519 policy.
+        ("/es512/x", "ed25519", "algorithm not allowed"),
+        ("/ed25519/x", "es512", "algorithm not allowed"),
+    ] {
+        let r = gw.bearer(path, &t(token));
+        assert_eq!(r.status, 401, "{path} {token}");
+        assert!(
+            r.header("www-authenticate").unwrap().contains(why),
+            "{path} {token}: {:?}",
+            r.header("www-authenticate")
+        );
+    }
+    // A tampered ES512 signature.
+    let mut bad = t("es512");
+    let last = bad.pop().unwrap();
+    bad.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(gw.bearer("/es512/x", &bad).status, 401);
+    assert_eq!(echo.hits(), 8);
+
+    // `check` lists the names it knows when one is wrong.
+    let err = check_refuses_yaml(
+        "keys:\n  k: {secret: \"0123456789abcdef0123456789abcdef\"}\nauth:\n  p: {keys: k, algorithms: [ES521]}\n",
+    );
+    assert_errors(&err, &[("auth.p.algorithms", "ES512, EdDSA, Ed25519")]);
+}

@@ -227,6 +227,25 @@ fn encryption_keys_and_keys_for_other_algorithms_are_ignored() {
 }
 
 #[test]
+fn an_unusable_published_key_is_warned_about_once_not_on_every_fetch() {
+    let odd = json!({"kty": "EC", "crv": "P-192", "kid": "odd", "x": "AA", "y": "AA"});
+    let idp = MockIdp::start(vec![odd, public_jwk("rsa1")]);
+    let (_up, gw) = gateway(&format!(
+        "{{jwks_url: \"{}\", refresh: 1s}}",
+        idp.jwks_url()
+    ));
+    wait_ready(&gw);
+    within(8, "fewer than 3 fetches", || idp.fetches() >= 3);
+    assert_eq!(gw.bearer("/api/x", &token("rsa1")).status, 200);
+    let log = gw.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("\"odd\"") && l.contains("skipped"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+}
+
+#[test]
 fn remote_key_config_errors() {
     let err = check_refuses_yaml(
         r#"

@@ -214,7 +214,8 @@ fn parse_jwks_with(text: &str, lenient: bool) -> Result<(Vec<Key>, Vec<String>),
     let mut warnings = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let label = match item.get("kid").and_then(Value::as_str) {
-            Some(kid) => format!("key [{i}] (kid {kid:?})"),
+            // By kid when there is one: the same key gets the same text, whatever its place.
+            Some(kid) => format!("key {kid:?}"),
             None => format!("key [{i}]"),
         };
         if item.get("use").and_then(Value::as_str) == Some("enc") {

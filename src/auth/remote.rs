@@ -49,6 +49,9 @@ pub struct RemoteKeys {
     last_error: ArcSwap<Option<String>>,
     /// The background refresh runs (once per set, across reloads that keep it).
     watched: std::sync::atomic::AtomicBool,
+    /// Skipped keys already warned about (by kid, or place when without one): once each, not
+    /// on every fetch.
+    warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for RemoteKeys {
@@ -204,6 +207,7 @@ impl RemoteKeys {
             refetch: tokio::sync::Mutex::new(None),
             last_error: ArcSwap::from_pointee(None),
             watched: std::sync::atomic::AtomicBool::new(false),
+            warned: Default::default(),
         }
     }
 
@@ -281,8 +285,13 @@ impl RemoteKeys {
             .map_err(|e| format!("{jwks_url}: {e}"))?;
         let text = std::str::from_utf8(&body).map_err(|_| format!("{jwks_url}: not UTF-8"))?;
         let (keys, skipped) = parse_jwks_lenient(text).map_err(|e| format!("{jwks_url}: {e}"))?;
-        for s in skipped {
-            log::warn!("keys {}: {s}", self.name);
+        {
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            for s in skipped {
+                if warned.len() < 1024 && warned.insert(s.clone()) {
+                    log::warn!("keys {}: {s}", self.name);
+                }
+            }
         }
         let count = keys.len();
         self.keys

@@ -526,7 +526,7 @@ impl PeerConfig {
 pub struct KeySetConfig {
     /// A JWK or a JWKS document (JSON).
     pub jwks_file: Option<String>,
-    /// A PEM public key (RSA, EC P-256/P-384, Ed25519).
+    /// A PEM public key (RSA, EC P-256/P-384/P-521, Ed25519).
     pub pem_file: Option<String>,
     /// An HMAC secret given literally.
     pub secret: Option<String>,
