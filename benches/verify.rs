@@ -277,9 +277,70 @@ fn bench_canonical(c: &mut Criterion) {
     }
 }
 
+/// The two example expressions of docs/configuration.md, on a cached token (the CEL values of a
+/// token are made once, on its first evaluation), and the cached HS256 check with one of them as
+/// its only rule: compare with "auth::check HS256 request, cache hit".
+fn bench_expressions(c: &mut Criterion) {
+    let now = 1_800_000_000.0;
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let mut payload = claims();
+    payload["tier"] = json!("gold");
+    payload["realm_access"] = json!({"roles": ["staff", "admin"]});
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &payload,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap();
+    let mut req = RequestHeader::build("POST", b"/users/user-1234567890/items", None).unwrap();
+    req.insert_header("authorization", format!("Bearer {token}"))
+        .unwrap();
+    let rule = |src: &str| {
+        portcullis::auth::rules::Rule::compile(
+            &serde_yaml::from_str(&format!("{{expr: {src:?}}}")).unwrap(),
+        )
+        .unwrap()
+    };
+    let examples = [
+        (
+            "expr tier or GET",
+            r#"claims.tier == "gold" || request.method == "GET""#,
+        ),
+        (
+            "expr owner path or admin",
+            r#"request.path.startsWith("/users/" + claims.sub + "/") || "admin" in claims.realm_access.roles"#,
+        ),
+    ];
+    let v = verifier(secret_key(secret, None), Algorithm::HS256);
+    let verified = v.verify_token(&token, now).unwrap();
+    for (name, src) in examples {
+        let r = rule(src);
+        let facts = portcullis::auth::rules::Facts {
+            token: &verified,
+            request: &req,
+            client_ip: None,
+            now,
+        };
+        assert!(r.holds_for(&facts), "{name}");
+        c.bench_function(name, |b| b.iter(|| black_box(&r).holds_for(&facts)));
+    }
+    let mut cached = verifier(secret_key(secret, None), Algorithm::HS256);
+    cached.cache = Some(portcullis::auth::cache::TokenCache::new(1024));
+    cached.rules = vec![rule(examples[0].1)];
+    let cached = vec![Arc::new(cached)];
+    c.bench_function("auth::check HS256 request, cache hit, one expr rule", |b| {
+        b.iter(|| {
+            portcullis::auth::check(black_box(&cached), &req, None, now, None)
+                .1
+                .unwrap()
+        })
+    });
+}
+
 criterion_group!(
     benches,
     bench_verify,
+    bench_expressions,
     bench_routes,
     bench_access_log,
     bench_canonical

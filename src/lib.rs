@@ -12,6 +12,7 @@ pub mod der;
 pub mod echo;
 pub mod edge;
 pub mod error;
+pub mod explain;
 pub mod limit;
 pub mod mint;
 pub mod observe;

@@ -25,6 +25,31 @@ enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
+    /// Why would this request get the answer it gets? Runs the compiled policy on a described
+    /// request (nothing is sent) and prints every check: route, limits, each policy's checks,
+    /// rules, pool, forwarded headers, status and WWW-Authenticate.
+    Explain {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// The client's address, for IP-keyed limits and `client.ip` in expressions.
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+        /// Sent as `Authorization: Bearer TOKEN`.
+        #[arg(long)]
+        token: Option<String>,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Do not fetch remote key sets (their tokens then get 503).
+        #[arg(long)]
+        offline: bool,
+        /// Path and query, as on the request line: /api/users?id=1
+        path: String,
+    },
     /// Validate a config file, then tell the running gateway (by `server.pid_file`) to reload.
     Reload {
         #[arg(short = 'c', long = "config")]
@@ -128,6 +153,59 @@ fn main() -> ExitCode {
             serve(policy, &config)
         }
         Command::Reload { config } => reload(&config),
+        Command::Explain {
+            config,
+            method,
+            host,
+            client_ip,
+            token,
+            headers,
+            offline,
+            path,
+        } => {
+            let policy = match portcullis::load_policy(&config) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let ask = portcullis::explain::Ask {
+                method,
+                host,
+                target: path,
+                token,
+                headers,
+                client_ip,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start a runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async {
+                if !offline {
+                    for line in portcullis::explain::fetch_remote_keys(&policy).await {
+                        println!("{line}");
+                    }
+                }
+                match portcullis::explain::explain(&policy, &ask).await {
+                    Ok(e) => {
+                        print!("{}", e.text);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Command::Revoke {
             config,
             sub,

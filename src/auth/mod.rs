@@ -19,6 +19,7 @@ pub use path::ClaimPath;
 pub use verify::{Verified, Verifier};
 
 use crate::error::{AuthError, Reject};
+use crate::explain::Trace;
 use crate::limit::Revocation;
 use pingora_http::RequestHeader;
 use std::sync::Arc;
@@ -47,18 +48,37 @@ pub fn check(
     now: f64,
     revocation: Option<&Revocation>,
 ) -> (usize, Result<Passed, Reject>) {
+    check_traced(policies, req, client_ip, now, revocation, &mut ())
+}
+
+/// `check`, writing each step down in `trace` (`explain`); the same decision.
+pub fn check_traced<T: Trace>(
+    policies: &[Arc<Verifier>],
+    req: &RequestHeader,
+    client_ip: Option<std::net::IpAddr>,
+    now: f64,
+    revocation: Option<&Revocation>,
+    trace: &mut T,
+) -> (usize, Result<Passed, Reject>) {
     let mut first_error: Option<(usize, AuthError)> = None;
     let mut forbidden: Option<(usize, Reject)> = None;
     for (i, p) in policies.iter().enumerate() {
+        trace.note(0, || format!("policy {}:", p.name));
         let found = p.sources.iter().find_map(|s| s.extract(req));
         let verified = match found {
-            None => continue,
+            None => {
+                trace.note(1, || format!("no token in {:?}", p.sources));
+                continue;
+            }
             Some(Err(e)) => Err(e),
-            Some(Ok(token)) => p.verify_token(&token, now).and_then(|v| {
+            Some(Ok(token)) => p.verify_token_traced(&token, now, trace).and_then(|v| {
                 let revoked = revocation
                     .is_some_and(|r| r.is_revoked(v.claims.str("sub"), v.claims.str("jti")));
                 if revoked {
                     return Err(AuthError::Revoked);
+                }
+                if revocation.is_some() {
+                    trace.note(1, || "revocation: not revoked".to_string());
                 }
                 Ok(Passed {
                     policy: i,
@@ -66,28 +86,38 @@ pub fn check(
                 })
             }),
         };
+        if let Err(e) = &verified {
+            trace.note(1, || format!("refused: {}", e.description()));
+        }
         match verified {
-            Ok(passed) => match rules::check_all(
-                &p.rules,
-                &rules::Facts {
+            Ok(passed) => {
+                let facts = rules::Facts {
                     token: &passed.token,
                     request: req,
                     client_ip,
                     now,
-                },
-            ) {
-                Ok(()) => return (i, Ok(passed)),
-                Err(failure) => {
-                    forbidden.get_or_insert((
-                        i,
-                        Reject::Forbidden {
-                            realm: p.realm.clone(),
-                            scope: failure.scope,
-                            why: crate::error::Why::Rule,
-                        },
-                    ));
+                };
+                if trace.on() {
+                    for r in &p.rules {
+                        let v = r.verdict(&facts);
+                        let held = if v.holds { "holds" } else { "does not hold" };
+                        trace.note(1, || format!("rule {r}: {held} (saw {})", v.saw));
+                    }
                 }
-            },
+                match rules::check_all(&p.rules, &facts) {
+                    Ok(()) => return (i, Ok(passed)),
+                    Err(failure) => {
+                        forbidden.get_or_insert((
+                            i,
+                            Reject::Forbidden {
+                                realm: p.realm.clone(),
+                                scope: failure.scope,
+                                why: crate::error::Why::Rule,
+                            },
+                        ));
+                    }
+                }
+            }
             Err(AuthError::Revoked) => {
                 return (
                     i,
@@ -142,18 +172,19 @@ pub fn check_binding(claims: &Claims, cert_sha256: Option<&[u8]>) -> Result<(), 
     }
 }
 
-pub async fn check_refetching(
+pub async fn check_refetching<T: Trace>(
     policies: &[Arc<Verifier>],
     req: &RequestHeader,
     client_ip: Option<std::net::IpAddr>,
     revocation: Option<&Revocation>,
+    trace: &mut T,
 ) -> (usize, Result<Passed, Reject>) {
     let seen: Vec<(Arc<remote::RemoteKeys>, u64)> = policies
         .iter()
         .flat_map(|p| p.remote.iter())
         .map(|r| (r.clone(), r.generation()))
         .collect();
-    let first = check(policies, req, client_ip, verify::now(), revocation);
+    let first = check_traced(policies, req, client_ip, verify::now(), revocation, trace);
     let unknown_kid = matches!(
         &first.1,
         Err(Reject::Unauthorized {
@@ -172,7 +203,10 @@ pub async fn check_refetching(
         changed |= Box::pin(keys.refetch_for_unknown_kid(*generation)).await;
     }
     if changed {
-        check(policies, req, client_ip, verify::now(), revocation)
+        trace.note(0, || {
+            "unknown kid: remote keys fetched again; checked once more".into()
+        });
+        check_traced(policies, req, client_ip, verify::now(), revocation, trace)
     } else {
         first
     }

@@ -32,6 +32,28 @@ pub enum Rule {
     Expr(std::sync::Arc<super::expr::Expr>),
 }
 
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[Value]| {
+            let items: Vec<String> = v.iter().map(Value::to_string).collect();
+            items.join(", ")
+        };
+        match self {
+            Rule::Contains { claim, values } => {
+                write!(f, "{} contains [{}]", claim.as_str(), values.join(", "))
+            }
+            Rule::AnyOf { claim, values } => {
+                write!(f, "{} any_of [{}]", claim.as_str(), list(values))
+            }
+            Rule::OneOf { claim, values } => {
+                write!(f, "{} one_of [{}]", claim.as_str(), list(values))
+            }
+            Rule::Equals { claim, value } => write!(f, "{} equals {value}", claim.as_str()),
+            Rule::Expr(e) => write!(f, "expr {:?}", e.source()),
+        }
+    }
+}
+
 /// What a rule is checked against.
 pub struct Facts<'a> {
     pub token: &'a super::cache::VerifiedToken,

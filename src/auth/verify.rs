@@ -11,6 +11,7 @@ use super::claims::Claims;
 use super::jwk::Key;
 use super::token::TokenSource;
 use crate::error::AuthError;
+use crate::explain::Trace;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
@@ -118,6 +119,16 @@ impl Verifier {
 
     /// Verify a compact token at time `now` (seconds since the epoch).
     pub fn verify<'t>(&self, token: &'t str, now: f64) -> Result<Verified<'t>, AuthError> {
+        self.verify_traced(token, now, &mut ())
+    }
+
+    /// `verify`, writing each check that passed down in `trace` (`explain`).
+    pub fn verify_traced<'t, T: Trace>(
+        &self,
+        token: &'t str,
+        now: f64,
+        trace: &mut T,
+    ) -> Result<Verified<'t>, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
@@ -143,12 +154,20 @@ impl Verifier {
             Some(Value::String(s)) => s,
             _ => return Err(AuthError::Malformed),
         };
-        let alg = self
+        let named = alg;
+        let Some(alg) = self
             .algorithms
             .iter()
             .copied()
-            .find(|a| a.name() == alg.as_str())
-            .ok_or(AuthError::AlgorithmNotAllowed)?;
+            .find(|a| a.name() == named.as_str())
+        else {
+            trace.note(1, || {
+                let allowed: Vec<&str> = self.algorithms.iter().map(|a| a.name()).collect();
+                format!("alg {named:?}: not in algorithms [{}]", allowed.join(", "))
+            });
+            return Err(AuthError::AlgorithmNotAllowed);
+        };
+        trace.note(1, || format!("alg {alg}: allowed"));
         if header.get("crit").is_some() {
             return Err(AuthError::UnsupportedCrit);
         }
@@ -184,9 +203,20 @@ impl Verifier {
             .decode_slice(s64, &mut sig_buf)
             .map_err(|_| AuthError::Malformed)?;
         let signature = &sig_buf[..sig_len];
-        if !candidates.any(|key| key.verify_signature(alg, message, signature)) {
+        let Some(key) = candidates.find(|key| key.verify_signature(alg, message, signature)) else {
+            trace.note(1, || {
+                format!("kid {kid:?}: no key that fits verifies the signature")
+            });
             return Err(AuthError::BadSignature);
-        }
+        };
+        trace.note(1, || {
+            let name = key
+                .kid
+                .as_deref()
+                .map_or("a key without kid".into(), |k| format!("key {k:?}"));
+            let asked = kid.map_or("no kid".into(), |k| format!("kid {k:?}"));
+            format!("{asked} -> {name} ({:?}): signature valid", key.family)
+        });
 
         if !self.token_types.is_empty() {
             let typ = match header.get("typ") {
@@ -196,6 +226,7 @@ impl Verifier {
             if !self.token_types.contains(&typ) {
                 return Err(AuthError::WrongTokenType);
             }
+            trace.note(1, || format!("typ {typ:?}: accepted"));
         }
 
         // Payload: strict JSON object; registered claims type-checked.
@@ -208,6 +239,14 @@ impl Verifier {
             None if self.require_exp => return Err(AuthError::MissingExp),
             _ => {}
         }
+        trace.note(1, || match exp {
+            Some(exp) => format!(
+                "exp {exp}: {:.0}s left (leeway {}s)",
+                exp - now,
+                self.leeway
+            ),
+            None => "exp: none (not required)".to_string(),
+        });
         if let Some(nbf) = nbf {
             if now + self.leeway < nbf {
                 return Err(AuthError::NotYetValid);
@@ -220,12 +259,16 @@ impl Verifier {
                 (Some(iat), Some(exp)) if exp - iat > max => {
                     return Err(AuthError::LifetimeTooLong)
                 }
-                _ => {}
+                (Some(iat), Some(exp)) => {
+                    trace.note(1, || format!("lifetime {}s: within {max}s", exp - iat))
+                }
             }
         }
         if !self.issuers.is_empty() {
             match claims.str("iss") {
-                Some(iss) if self.issuers.iter().any(|i| i == iss) => {}
+                Some(iss) if self.issuers.iter().any(|i| i == iss) => {
+                    trace.note(1, || format!("iss {iss:?}: accepted"))
+                }
                 _ => return Err(AuthError::BadIssuer),
             }
         }
@@ -241,6 +284,12 @@ impl Verifier {
             if !ok {
                 return Err(AuthError::BadAudience);
             }
+            trace.note(1, || {
+                format!(
+                    "aud {}: accepted",
+                    claims.get("aud").unwrap_or(&Value::Null)
+                )
+            });
         }
         Ok(Verified {
             alg,
@@ -259,6 +308,16 @@ impl Verifier {
     /// Verify through the cache: a hit costs a lookup and an `exp` check; a miss is a full
     /// `verify`, whose result is cached.
     pub fn verify_token(&self, token: &str, now: f64) -> Result<Arc<VerifiedToken>, AuthError> {
+        self.verify_token_traced(token, now, &mut ())
+    }
+
+    /// `verify_token`, writing the checks down in `trace` (`explain`).
+    pub fn verify_token_traced<T: Trace>(
+        &self,
+        token: &str,
+        now: f64,
+        trace: &mut T,
+    ) -> Result<Arc<VerifiedToken>, AuthError> {
         let generation = self.generation();
         if let Some(cache) = &self.cache {
             if let Some(hit) = cache.get(token) {
@@ -267,11 +326,12 @@ impl Verifier {
                         cache.remove(token);
                         return Err(AuthError::Expired);
                     }
+                    trace.note(1, || "verified before: taken from the token cache".into());
                     return Ok(hit);
                 }
             }
         }
-        let v = self.verify(token, now)?;
+        let v = self.verify_traced(token, now, trace)?;
         let forward = self.forwarded_headers(&v)?;
         let exp = v.claims.get("exp").and_then(Value::as_f64);
         let verified = Arc::new(VerifiedToken {

@@ -4,6 +4,7 @@ use crate::auth;
 use crate::config::UpstreamProtocol;
 use crate::edge;
 use crate::error::Reject;
+use crate::explain::Trace;
 use crate::limit::{clock_nanos, LimitKey, RateLimiter};
 use crate::observe::access_log::{now_rfc3339, ClientCertInfo, JwtInfo, Line};
 use crate::observe::metrics::{metrics, no_route_metrics};
@@ -82,6 +83,42 @@ impl Drop for Ctx {
     }
 }
 
+impl Ctx {
+    /// A request's state before anything is known of it.
+    pub fn new() -> Ctx {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        Ctx {
+            access_log: None,
+            hash_key: Vec::new(),
+            start: Instant::now(),
+            policy: None,
+            route: None,
+            pool: None,
+            token: None,
+            peer: None,
+            failed: Vec::new(),
+            upstream_start: None,
+            auth_result: None,
+            jwt: None,
+            log_claims: serde_json::Map::new(),
+            client_ip: None,
+            peer_ip: None,
+            trusted_peer: false,
+            request_id: None,
+            trace_id: None,
+            cors_origin: None,
+            set_headers: Vec::new(),
+            body_bytes: 0,
+        }
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx::new()
+    }
+}
+
 impl Gateway {
     pub fn new(live: Arc<Live>) -> Self {
         Gateway { live }
@@ -108,14 +145,8 @@ fn client_cert(session: &Session) -> Option<&crate::tls::ClientCert> {
     ssl.extension.get::<crate::tls::ClientCert>()
 }
 
-/// SHA-256 of the verified client certificate of this connection, if any (mTLS).
-fn client_cert_digest(session: &Session) -> Option<&[u8]> {
-    let ssl = session.digest()?.ssl_digest.as_deref()?;
-    Some(ssl.cert_digest.as_slice())
-}
-
 /// Take a token from a limiter, or say (and count) why not.
-async fn admit(limiter: &RateLimiter, key: &[u8]) -> std::result::Result<(), Reject> {
+async fn take(limiter: &RateLimiter, key: &[u8]) -> std::result::Result<(), Reject> {
     let d = match &limiter.shared {
         None => limiter.check(key, clock_nanos()),
         // `sync:`: the local bucket decides; Redis being away only matters to allow and deny.
@@ -186,13 +217,8 @@ async fn write_grpc(session: &mut Session, mut h: pingora_http::ResponseHeader) 
     Ok(())
 }
 
-/// `server.limits` that can be judged from the header: its own size, a declared body length;
-/// and the idle timeout of the keep-alive connection.
-fn within_limits(session: &mut Session, limits: &edge::Limits) -> std::result::Result<(), Reject> {
-    if session.get_keepalive().is_some() {
-        session.set_keepalive(Some(limits.idle_timeout.as_secs()));
-    }
-    let req = session.req_header();
+/// `server.limits` that can be judged from the header: its own size, a declared body length.
+fn header_limits(req: &RequestHeader, limits: &edge::Limits) -> std::result::Result<(), Reject> {
     if edge::header_bytes(req) > limits.max_header_bytes {
         return Err(Reject::HeaderTooLarge);
     }
@@ -205,6 +231,56 @@ fn within_limits(session: &mut Session, limits: &edge::Limits) -> std::result::R
         return Err(Reject::PayloadTooLarge);
     }
     Ok(())
+}
+
+/// What the gateway does with a request, decided on its header alone.
+pub enum Decision {
+    /// Send it upstream (`ctx` holds the route, pool, token and headers to set).
+    Upstream,
+    /// Answer it here, without a body: a CORS preflight (boxed: rare, and large).
+    Answer(Box<pingora_http::ResponseHeader>),
+}
+
+/// The one decision on a request: header limits, the canonical target and host, CORS
+/// preflight, route, limits, token, pool. `run` calls it with `()` as the trace and `explain`
+/// with a `Report`; nothing else decides. `cert_sha256`: the verified client certificate's
+/// digest (mTLS). Fills `ctx` (route, pool, token, log fields) as it goes.
+pub async fn decide<T: Trace>(
+    policy: &Policy,
+    req: &mut RequestHeader,
+    cert_sha256: Option<&[u8]>,
+    ctx: &mut Ctx,
+    trace: &mut T,
+) -> std::result::Result<Decision, Reject> {
+    // The limits the header alone decides; then the canonical target and host, on which
+    // everything after decides and which the upstream is sent.
+    header_limits(req, &policy.edge.limits)?;
+    let n = edge::normalise(req, &policy.edge, &policy.strip_headers)?;
+    trace.note(0, || {
+        format!(
+            "target: {} {} (host {})",
+            req.method,
+            n.match_path.as_deref().unwrap_or(req.uri.path()),
+            request_host(req).unwrap_or("-")
+        )
+    });
+    if let Some(answer) = preflight(req, ctx, policy, n.match_path.as_deref()) {
+        trace.note(0, || "CORS preflight: answered by the gateway".to_string());
+        return Ok(Decision::Answer(Box::new(answer)));
+    }
+    admit(
+        policy,
+        req,
+        n.match_path.as_deref(),
+        cert_sha256,
+        ctx,
+        trace,
+    )
+    .await?;
+    if let Some(route) = &ctx.route {
+        edge::strip_upgrade(req, route.websocket);
+    }
+    Ok(Decision::Upstream)
 }
 
 /// Who the client is and which request this is: client IP (after `trusted_proxies`), request
@@ -245,12 +321,11 @@ fn identify(session: &Session, ctx: &mut Ctx, rules: &edge::EdgeRules) {
 /// the token on one), never sent upstream. The route is the one the request it announces
 /// (`Access-Control-Request-Method`) would take.
 fn preflight(
-    session: &Session,
+    req: &RequestHeader,
     ctx: &mut Ctx,
     policy: &Policy,
     match_path: Option<&str>,
 ) -> Option<pingora_http::ResponseHeader> {
-    let req = session.req_header();
     let edge::cors::Ask::Preflight { origin, method } = edge::cors::ask(req) else {
         return None;
     };
@@ -293,14 +368,14 @@ fn decoration<'a>(session: &'a Session, ctx: &'a Ctx) -> edge::forward::Decorati
             .zip(ctx.cors_origin.as_deref()),
         rules: route
             .filter(|r| !r.response_headers.is_empty())
-            .map(|r| (&r.response_headers, values(session, ctx))),
+            .map(|r| (&r.response_headers, values(session.req_header(), ctx))),
     }
 }
 
-fn values<'a>(session: &'a Session, ctx: &'a Ctx) -> edge::headers::Values<'a> {
+fn values<'a>(req: &'a RequestHeader, ctx: &'a Ctx) -> edge::headers::Values<'a> {
     edge::headers::Values {
         claims: ctx.token.as_deref().map(|t| &t.claims),
-        req: session.req_header(),
+        req,
         client_ip: ctx.client_ip,
         request_id: ctx.request_id.as_ref(),
     }
@@ -348,30 +423,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        Ctx {
-            access_log: None,
-            hash_key: Vec::new(),
-            start: Instant::now(),
-            policy: None,
-            route: None,
-            pool: None,
-            token: None,
-            peer: None,
-            failed: Vec::new(),
-            upstream_start: None,
-            auth_result: None,
-            jwt: None,
-            log_claims: serde_json::Map::new(),
-            client_ip: None,
-            peer_ip: None,
-            trusted_peer: false,
-            request_id: None,
-            trace_id: None,
-            cors_origin: None,
-            set_headers: Vec::new(),
-            body_bytes: 0,
-        }
+        Ctx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -385,30 +437,16 @@ impl ProxyHttp for Gateway {
         // limits the header alone decides; then the canonical target and host, on which
         // everything after decides and which the upstream is sent.
         identify(session, ctx, &policy.edge);
-        if let Err(reject) = within_limits(session, &policy.edge.limits) {
-            return respond(session, ctx, &reject).await;
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(policy.edge.limits.idle_timeout.as_secs()));
         }
-        let admitted = match edge::normalise(
-            session.req_header_mut(),
-            &policy.edge,
-            &policy.strip_headers,
-        ) {
-            Ok(n) => {
-                if let Some(preflight) = preflight(session, ctx, &policy, n.match_path.as_deref()) {
-                    return answer(session, ctx, preflight).await;
-                }
-                self.admit_request(session, ctx, &policy, n.match_path.as_deref())
-                    .await
-            }
-            Err(reject) => Err(reject),
-        };
-        match admitted {
-            Ok(()) => {
-                if let Some(route) = &ctx.route {
-                    edge::strip_upgrade(session.req_header_mut(), route.websocket);
-                }
-                Ok(false)
-            }
+        // The certificate's digest outlives the borrow of the request (one reference count, on
+        // TLS connections only).
+        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
+        let cert = ssl.as_deref().map(|s| s.cert_digest.as_slice());
+        match decide(&policy, session.req_header_mut(), cert, ctx, &mut ()).await {
+            Ok(Decision::Upstream) => Ok(false),
+            Ok(Decision::Answer(header)) => answer(session, ctx, *header).await,
             Err(reject) => respond(session, ctx, &reject).await,
         }
     }
@@ -656,86 +694,142 @@ impl ProxyHttp for Gateway {
     }
 }
 
-impl Gateway {
-    /// Route, client limits, token, claim limits: everything that decides whether a request goes
-    /// upstream, on the request `edge::normalise` made canonical (`match_path`: the path to
-    /// route on when it is not the forwarded one). Fills `ctx` (route, token, log fields).
-    async fn admit_request(
-        &self,
-        session: &Session,
-        ctx: &mut Ctx,
-        policy: &Policy,
-        match_path: Option<&str>,
-    ) -> std::result::Result<(), Reject> {
-        let req = session.req_header();
-        let path = match_path.unwrap_or(req.uri.path());
-        let route = policy
-            .routes
-            .find(request_host(req), path, &req.method)?
-            .clone();
-        ctx.route = Some(route.clone());
-        if route.cors.is_some() {
-            if let edge::cors::Ask::Actual { origin } = edge::cors::ask(req) {
-                ctx.cors_origin = Some(origin.to_vec());
+/// A limit the request is subject to: spent by the proxy, named by `explain`.
+async fn limit<T: Trace>(
+    limiter: &RateLimiter,
+    key: &[u8],
+    trace: &mut T,
+) -> std::result::Result<(), Reject> {
+    trace.note(1, || {
+        let shown = match (
+            &limiter.key,
+            <[u8; 4]>::try_from(key),
+            <[u8; 16]>::try_from(key),
+        ) {
+            (LimitKey::Ip, Ok(v4), _) => IpAddr::from(v4).to_string(),
+            (LimitKey::Ip, _, Ok(v6)) => IpAddr::from(v6).to_string(),
+            _ => format!("{:?}", String::from_utf8_lossy(key)),
+        };
+        format!(
+            "rate limit {}: {}/s, burst {}, key {shown}{}",
+            limiter.name,
+            limiter.rate,
+            limiter.burst,
+            if T::SPENDS_LIMITS {
+                ""
+            } else {
+                " (not spent by explain)"
             }
-        }
-        // Limits keyed on the client: before any verification work.
-        for limiter in &route.pre_auth_limits {
-            let key = match &limiter.key {
-                LimitKey::Header(h) => limit_key_header(req, h),
-                _ => ip_key(ctx.client_ip),
-            };
-            admit(limiter, &key).await?;
-        }
-        if route.auth.is_empty() {
-            ctx.pool = route.upstream.fixed().cloned();
-            return self.render_headers(session, ctx, &route);
-        }
-        let (which, checked) = auth::check_refetching(
-            &route.auth,
-            req,
-            ctx.client_ip,
-            policy.revocation.as_deref(),
         )
-        .await;
-        let checked = match checked {
-            Ok(p) if route.auth[which].require_certificate_binding => {
-                match auth::check_binding(&p.token.claims, client_cert_digest(session)) {
-                    Ok(()) => Ok(p),
-                    Err(error) => Err(Reject::Unauthorized {
-                        realm: route.auth[which].realm.clone(),
-                        error,
-                    }),
-                }
+    });
+    if T::SPENDS_LIMITS {
+        take(limiter, key).await
+    } else {
+        Ok(())
+    }
+}
+
+/// Route, client limits, token, claim limits, pool: everything that decides whether a request
+/// goes upstream, on the request `edge::normalise` made canonical (`match_path`: the path to
+/// route on when it is not the forwarded one). Fills `ctx` (route, pool, token, log fields).
+async fn admit<T: Trace>(
+    policy: &Policy,
+    req: &RequestHeader,
+    match_path: Option<&str>,
+    cert_sha256: Option<&[u8]>,
+    ctx: &mut Ctx,
+    trace: &mut T,
+) -> std::result::Result<(), Reject> {
+    let path = match_path.unwrap_or(req.uri.path());
+    let route = match policy.routes.find(request_host(req), path, &req.method) {
+        Ok(r) => r.clone(),
+        Err(reject) => {
+            trace.note(0, || format!("route: none ({})", reject.status()));
+            return Err(reject);
+        }
+    };
+    trace.note(0, || format!("route: {}", route.id));
+    ctx.route = Some(route.clone());
+    if route.cors.is_some() {
+        if let edge::cors::Ask::Actual { origin } = edge::cors::ask(req) {
+            ctx.cors_origin = Some(origin.to_vec());
+        }
+    }
+    // Limits keyed on the client: before any verification work.
+    for limiter in &route.pre_auth_limits {
+        let key = match &limiter.key {
+            LimitKey::Header(h) => limit_key_header(req, h),
+            _ => ip_key(ctx.client_ip),
+        };
+        limit(limiter, &key, trace).await?;
+    }
+    if route.auth.is_empty() {
+        trace.note(0, || "auth: none (public route)".to_string());
+        ctx.pool = route.upstream.fixed().cloned();
+        return render_headers(req, ctx, &route);
+    }
+    let (which, checked) = auth::check_refetching(
+        &route.auth,
+        req,
+        ctx.client_ip,
+        policy.revocation.as_deref(),
+        trace,
+    )
+    .await;
+    let checked = match checked {
+        Ok(p) if route.auth[which].require_certificate_binding => {
+            let bound = auth::check_binding(&p.token.claims, cert_sha256);
+            trace.note(1, || {
+                format!("certificate binding (cnf x5t#S256): {bound:?}")
+            });
+            match bound {
+                Ok(()) => Ok(p),
+                Err(error) => Err(Reject::Unauthorized {
+                    realm: route.auth[which].realm.clone(),
+                    error,
+                }),
             }
-            other => other,
-        };
-        let result = match &checked {
-            Ok(_) => "ok",
-            Err(r) => r.auth_result(),
-        };
-        ctx.auth_result = Some(result);
+        }
+        other => other,
+    };
+    let result = match &checked {
+        Ok(_) => "ok",
+        Err(r) => r.auth_result(),
+    };
+    ctx.auth_result = Some(result);
+    if T::SPENDS_LIMITS {
         route.auth[which].metrics.count(result);
-        let passed = checked?;
-        let token = &passed.token;
-        if let Some(log) = &ctx.access_log {
-            ctx.jwt = Some((token.alg.name(), token.kid.clone()));
-            for c in &log.claims {
-                if let Some(v) = token.claims.at(c) {
-                    ctx.log_claims.insert(c.as_str().to_owned(), v.clone());
-                }
+    }
+    let passed = checked?;
+    let token = &passed.token;
+    if let Some(log) = &ctx.access_log {
+        ctx.jwt = Some((token.alg.name(), token.kid.clone()));
+        for c in &log.claims {
+            if let Some(v) = token.claims.at(c) {
+                ctx.log_claims.insert(c.as_str().to_owned(), v.clone());
             }
         }
-        // Limits keyed on a claim: only for verified tokens, so junk never spends a client's
-        // budget.
-        for limiter in &route.post_auth_limits {
-            if let LimitKey::Claim(c) = &limiter.key {
-                admit(limiter, &claim_key(&token.claims, c)).await?;
-            }
+    }
+    // Limits keyed on a claim: only for verified tokens, so junk never spends a client's
+    // budget.
+    for limiter in &route.post_auth_limits {
+        if let LimitKey::Claim(c) = &limiter.key {
+            limit(limiter, &claim_key(&token.claims, c), trace).await?;
         }
-        let pool = match &route.upstream {
-            Choice::Fixed(p) => p.clone(),
-            Choice::ByClaim(by) => match by.pick(&token.claims) {
+    }
+    let pool = match &route.upstream {
+        Choice::Fixed(p) => p.clone(),
+        Choice::ByClaim(by) => {
+            let picked = by.pick(&token.claims);
+            trace.note(0, || {
+                let value = token
+                    .claims
+                    .at(&by.claim)
+                    .map_or_else(|| "missing".to_string(), |v| v.to_string());
+                let pool = picked.map_or("none, and no default: 403", |p| p.name.as_str());
+                format!("upstream_by {} = {value} -> {pool}", by.claim.as_str())
+            });
+            match picked {
                 Some(p) => p.clone(),
                 None => {
                     return Err(Reject::Forbidden {
@@ -744,42 +838,43 @@ impl Gateway {
                         why: crate::error::Why::NoUpstream,
                     })
                 }
-            },
-        };
-        if let Some(HashKey::Claim(c)) = &pool.hash_key {
-            ctx.hash_key = claim_key(&token.claims, c);
-        }
-        ctx.pool = Some(pool);
-        ctx.token = Some(passed.token);
-        self.render_headers(session, ctx, &route)
-    }
-
-    /// The route's `request_headers`, made now so that a value that cannot be a header
-    /// refuses the request before it goes anywhere.
-    fn render_headers(
-        &self,
-        session: &Session,
-        ctx: &mut Ctx,
-        route: &Route,
-    ) -> std::result::Result<(), Reject> {
-        if route.request_headers.set.is_empty() {
-            return Ok(());
-        }
-        match route.request_headers.render(&values(session, ctx)) {
-            Ok(set) => {
-                ctx.set_headers = set;
-                Ok(())
             }
-            Err(_) => Err(match route.auth.first() {
-                Some(v) => Reject::Unauthorized {
-                    realm: v.realm.clone(),
-                    error: crate::error::AuthError::ClaimNotForwardable,
-                },
-                None => Reject::BadRequest("a header value cannot be made from this request"),
-            }),
         }
+    };
+    if let Some(HashKey::Claim(c)) = &pool.hash_key {
+        ctx.hash_key = claim_key(&token.claims, c);
     }
+    ctx.pool = Some(pool);
+    ctx.token = Some(passed.token);
+    render_headers(req, ctx, &route)
+}
 
+/// The route's `request_headers`, made now so that a value that cannot be a header refuses the
+/// request before it goes anywhere.
+fn render_headers(
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+    route: &Route,
+) -> std::result::Result<(), Reject> {
+    if route.request_headers.set.is_empty() {
+        return Ok(());
+    }
+    match route.request_headers.render(&values(req, ctx)) {
+        Ok(set) => {
+            ctx.set_headers = set;
+            Ok(())
+        }
+        Err(_) => Err(match route.auth.first() {
+            Some(v) => Reject::Unauthorized {
+                realm: v.realm.clone(),
+                error: crate::error::AuthError::ClaimNotForwardable,
+            },
+            None => Reject::BadRequest("a header value cannot be made from this request"),
+        }),
+    }
+}
+
+impl Gateway {
     fn log_request(&self, session: &Session, ctx: &Ctx, status: u16) {
         let Some(log) = &ctx.access_log else { return };
         let req = session.req_header();
