@@ -301,6 +301,22 @@ fn bench_expressions(c: &mut Criterion) {
         )
         .unwrap()
     };
+    for (name, src) in [
+        ("expr cost: true", "true"),
+        ("expr cost: claims only", r#"claims.tier == "gold""#),
+        ("expr cost: request only", r#"request.method == "GET""#),
+    ] {
+        let r = rule(src);
+        let v = verifier(secret_key(secret, None), Algorithm::HS256);
+        let verified = v.verify_token(&token, now).unwrap();
+        let facts = portcullis::auth::rules::Facts {
+            token: &verified,
+            request: &req,
+            client_ip: None,
+            now,
+        };
+        c.bench_function(name, |b| b.iter(|| black_box(&r).holds_for(&facts)));
+    }
     let examples = [
         (
             "expr tier or GET",

@@ -38,16 +38,16 @@ pub struct VerifiedToken {
     /// Key-set generation the token was verified under.
     pub generation: u64,
     /// The payload and header as CEL values, made the first time an expression reads them.
-    pub cel: std::sync::OnceLock<(cel::Value, cel::Value)>,
+    pub cel: std::sync::OnceLock<(super::expr::CelVal, super::expr::CelVal)>,
 }
 
 impl VerifiedToken {
     /// The claims and the header as CEL values (converted once per verified token).
-    pub fn cel_values(&self) -> (&cel::Value, &cel::Value) {
+    pub fn cel_values(&self) -> (&super::expr::CelVal, &super::expr::CelVal) {
         let (c, h) = self.cel.get_or_init(|| {
             (
-                super::expr::from_object(&self.claims.0),
-                super::expr::from_object(&self.header.0),
+                super::expr::val(super::expr::from_object(&self.claims.0)),
+                super::expr::val(super::expr::from_object(&self.header.0)),
             )
         });
         (c, h)

@@ -60,8 +60,8 @@ impl PartialEq for Expr {
 
 /// What a request gives an expression.
 pub struct Input<'a> {
-    pub claims: &'a Value,
-    pub header: &'a Value,
+    pub claims: &'a CelVal,
+    pub header: &'a CelVal,
     pub request: &'a RequestHeader,
     pub client_ip: Option<IpAddr>,
     /// Seconds since the epoch.
@@ -143,24 +143,59 @@ impl Expr {
 
     /// The expression's value for `input`.
     pub fn value(&self, input: &Input<'_>) -> Result<Value, String> {
-        let mut ctx = ROOT.new_inner_scope();
-        if self.uses.claims {
-            ctx.add_variable_from_value("claims", input.claims.clone());
-        }
-        if self.uses.header {
-            ctx.add_variable_from_value("header", input.header.clone());
-        }
-        if self.uses.request {
-            ctx.add_variable_from_value("request", request_value(input.request));
-        }
-        if self.uses.client {
-            let ip = input.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-            ctx.add_variable_from_value("client", map([("ip", Value::from(ip))]));
-        }
-        if self.uses.now {
-            ctx.add_variable_from_value("now", timestamp(input.now));
-        }
+        // The token's values are lent to the expression, not copied: cel converts a variable
+        // added by value in full on every evaluation (3 µs for a small payload), while a
+        // resolver hands out a reference.
+        let owned = |used: bool, make: &dyn Fn() -> Value| used.then(|| val(make()));
+        let vars = Variables {
+            claims: self.uses.claims.then_some(input.claims),
+            header: self.uses.header.then_some(input.header),
+            request: owned(self.uses.request, &|| request_value(input.request)),
+            client: owned(self.uses.client, &|| {
+                let ip = input.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                map([("ip", Value::from(ip))])
+            }),
+            now: owned(self.uses.now, &|| timestamp(input.now)),
+        };
+        let root: &Context<'_, '_> = &ROOT;
+        let mut ctx = root.new_inner_scope();
+        ctx.set_variable_resolver(&vars);
         self.program.execute(&ctx).map_err(|e| e.to_string())
+    }
+}
+
+/// A value as cel evaluates it.
+pub type CelVal = Box<dyn cel::common::value::Val>;
+
+/// Convert once (what cel would do on every evaluation of a variable given as a `Value`).
+pub fn val(v: Value) -> CelVal {
+    // Every `Value` built here (from JSON, strings, maps, timestamps) converts.
+    match CelVal::try_from(v) {
+        Ok(v) => v,
+        Err(_) => Box::new(cel::common::types::CelNull),
+    }
+}
+
+/// The variables of one evaluation: the token's borrowed, the request's made for it.
+struct Variables<'a> {
+    claims: Option<&'a CelVal>,
+    header: Option<&'a CelVal>,
+    request: Option<CelVal>,
+    client: Option<CelVal>,
+    now: Option<CelVal>,
+}
+
+impl cel::context::VariableResolver for Variables<'_> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<cel::common::value::CowVal<'b, 'b>> {
+        let v: &CelVal = match name {
+            "claims" => self.claims?,
+            "header" => self.header?,
+            "request" => self.request.as_ref()?,
+            "client" => self.client.as_ref()?,
+            "now" => self.now.as_ref()?,
+            _ => return None,
+        };
+        Some(cel::common::value::CowVal::Borrowed(v.as_ref()))
     }
 }
 
@@ -306,8 +341,8 @@ mod tests {
         req.insert_header("Host", "API.example.com:8443").unwrap();
         req.append_header("X-Tag", "a").unwrap();
         req.append_header("X-Tag", "b").unwrap();
-        let claims = from_json(&claims);
-        let header = from_json(&json!({"alg": "HS256", "typ": "at+jwt"}));
+        let claims = val(from_json(&claims));
+        let header = val(from_json(&json!({"alg": "HS256", "typ": "at+jwt"})));
         e.eval(&Input {
             claims: &claims,
             header: &header,
