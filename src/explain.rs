@@ -15,9 +15,9 @@ use std::net::IpAddr;
 /// Where the decision writes down what it did. The proxy passes `()`, whose notes compile
 /// away; `explain` passes a `Report`.
 pub trait Trace {
-    /// Rate limits are spent (the proxy) or only named (`explain`, which must not use up a
-    /// shared budget).
-    const SPENDS_LIMITS: bool = true;
+    /// A real request (the proxy): rate limits are spent and auth outcomes counted. `explain`
+    /// only names the limits (it must not use up a shared budget) and counts nothing.
+    const LIVE: bool = true;
 
     /// Are notes kept? Work done only to describe a step is skipped when not.
     fn on(&self) -> bool {
@@ -37,7 +37,7 @@ pub struct Report {
 }
 
 impl Trace for Report {
-    const SPENDS_LIMITS: bool = false;
+    const LIVE: bool = false;
 
     fn on(&self) -> bool {
         true

@@ -715,14 +715,14 @@ async fn limit<T: Trace>(
             limiter.name,
             limiter.rate,
             limiter.burst,
-            if T::SPENDS_LIMITS {
+            if T::LIVE {
                 ""
             } else {
                 " (not spent by explain)"
             }
         )
     });
-    if T::SPENDS_LIMITS {
+    if T::LIVE {
         take(limiter, key).await
     } else {
         Ok(())
@@ -797,7 +797,7 @@ async fn admit<T: Trace>(
         Err(r) => r.auth_result(),
     };
     ctx.auth_result = Some(result);
-    if T::SPENDS_LIMITS {
+    if T::LIVE {
         route.auth[which].metrics.count(result);
     }
     let passed = checked?;

@@ -145,11 +145,6 @@ impl ByClaim {
         };
         mapped.or(self.default.as_ref())
     }
-
-    /// Every pool this choice can name (for health checks and `check`).
-    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.map.values().chain(self.default.iter())
-    }
 }
 
 impl Choice {
@@ -175,14 +170,6 @@ impl Choice {
                 }
                 s
             }
-        }
-    }
-
-    /// Every pool the route may use.
-    pub fn pools(&self) -> Vec<&Arc<Pool>> {
-        match self {
-            Choice::Fixed(p) => vec![p],
-            Choice::ByClaim(b) => b.pools().collect(),
         }
     }
 }
