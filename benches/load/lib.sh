@@ -74,9 +74,9 @@ start_upstream() { # start_upstream CORE: nginx on a free port, in $UP
 }
 
 # hs_routes_config: after start_upstream, a one-thread portcullis config in $WORK/portcullis.yaml
-# listening on a free port ($GW) with three routes to the upstream: /off/ (no auth), /hs/ (HS256
-# through the verified-token cache) and /hs-nocache/ (HS256, cache: false); $TOKEN is valid for
-# both. Used by the per-request counting scripts (allocs.sh, instructions.sh).
+# listening on a free port ($GW) with four routes to the upstream: /off/ (no auth), /hs/ (HS256
+# through the verified-token cache), /hs-nocache/ (HS256, cache: false) and /hs-expr/ (as /hs/
+# with one CEL rule, issue 17's first example); $TOKEN is valid for all. Used by the per-request counting scripts (allocs.sh, instructions.sh).
 hs_routes_config() {
     local secret="benchmark-secret-benchmark-secret-0123456789"
     GW=$(port)
@@ -89,10 +89,15 @@ keys:
 auth:
   hs:         {keys: hs, algorithms: [HS256]}
   hs_nocache: {keys: hs, algorithms: [HS256], cache: false}
+  hs_expr:
+    keys: hs
+    algorithms: [HS256]
+    require: [{expr: 'claims.tier == "gold" || request.method == "GET"'}]
 routes:
   - {prefix: /off/, upstream: api}
   - {prefix: /hs/, upstream: api, auth: hs}
   - {prefix: /hs-nocache/, upstream: api, auth: hs_nocache}
+  - {prefix: /hs-expr/, upstream: api, auth: hs_expr}
 CONF
     TOKEN=$("$BIN" token --secret "$secret" --alg HS256 --sub user-1 --ttl 2h)
 }
