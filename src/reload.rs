@@ -56,6 +56,7 @@ impl Live {
                 (name.clone(), v)
             })
             .collect();
+        loaded_now();
         Ok(Arc::new(Live {
             policy: ArcSwap::from_pointee(policy),
             access_log: ArcSwapOption::new(log),
@@ -63,6 +64,15 @@ impl Live {
             client_verifiers,
         }))
     }
+}
+
+/// `portcullis_config_last_reload_success_timestamp_seconds`: the configuration in force was
+/// loaded now.
+fn loaded_now() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    metrics().config_last_reload_success.set(now as i64);
 }
 
 /// Reloads one config file into a `Live`.
@@ -105,7 +115,10 @@ impl Reloader {
         let label = if result.is_ok() { "ok" } else { "error" };
         metrics().config_reloads.with_label_values(&[label]).inc();
         match &result {
-            Ok(()) => log::info!("configuration reloaded from {}", self.file.display()),
+            Ok(()) => {
+                loaded_now();
+                log::info!("configuration reloaded from {}", self.file.display())
+            }
             Err(e) => {
                 log::error!("configuration reload refused, the previous one stays in force:\n{e}")
             }

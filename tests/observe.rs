@@ -344,3 +344,135 @@ fn the_grafana_dashboard_uses_only_metrics_we_export() {
     }
     assert!(used >= 8);
 }
+
+/// The series an on-call engineer reads: process, in-flight requests, peers in service, the
+/// token cache, key sets, rate-limit buckets, revocations and the last good reload; and the
+/// whole scrape passes `promtool check metrics`.
+#[test]
+fn operator_metrics_describe_the_gateway_state() {
+    let echo = echo();
+    let idp = common::idp::MockIdp::start(vec![
+        common::idp::public_jwk("rsa2"),
+        common::idp::public_jwk("ec1"),
+    ]);
+    let dead = free_port();
+    let dir = temp_dir();
+    let revoked = dir.join("revoked.yaml");
+    std::fs::write(&revoked, "sub: [mallory, eve]\njti: [t-1]\n").unwrap();
+    let started = now() as f64;
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  api:
+    peers: ["{echo}", "127.0.0.1:{dead}"]
+    health_check: {{kind: tcp, interval: 100ms, timeout: 100ms, unhealthy_after: 1}}
+keys:
+  hmac: {{secret: "0123456789abcdef0123456789abcdef"}}
+  idp: {{jwks_url: "{jwks}", refresh: 10m}}
+auth:
+  users: {{keys: hmac, algorithms: [HS256]}}
+  sso: {{keys: idp, algorithms: [RS256]}}
+revocation: {{file: "{revoked}"}}
+rate_limits:
+  per_sub: {{key: "claim:sub", rate: 100/s, burst: 100}}
+routes:
+  - {{prefix: /api/, upstream: api, auth: users, rate_limit: per_sub}}
+  - {{prefix: /sso/, upstream: api, auth: sso}}
+"#,
+        echo = echo.addr,
+        jwks = idp.jwks_url(),
+        revoked = revoked.display(),
+    ));
+    let dead_peer =
+        format!(r#"portcullis_upstream_peer_up{{peer="127.0.0.1:{dead}",upstream="api"}}"#);
+    eventually(
+        "the dead peer out of service",
+        Duration::from_secs(5),
+        || (scrape(&gw).get(&dead_peer) == Some(&0.0)).then_some(()),
+    );
+    let (a, b) = (token("alice", "user"), token("bob", "user"));
+    for t in [&a, &a, &a, &b] {
+        assert_eq!(gw.bearer("/api/x", t).status, 200);
+    }
+    let m = scrape(&gw);
+    let live_peer = format!(
+        r#"portcullis_upstream_peer_up{{peer="{}",upstream="api"}}"#,
+        echo.addr
+    );
+    for (series, want) in [
+        (live_peer.as_str(), 1.0),
+        (dead_peer.as_str(), 0.0),
+        (
+            r#"portcullis_token_cache_requests_total{policy="users",result="hit"}"#,
+            2.0,
+        ),
+        (
+            r#"portcullis_token_cache_requests_total{policy="users",result="miss"}"#,
+            2.0,
+        ),
+        (r#"portcullis_token_cache_entries{policy="users"}"#, 2.0),
+        (r#"portcullis_token_cache_entries{policy="sso"}"#, 0.0),
+        (r#"portcullis_jwks_keys{keys="idp"}"#, 2.0),
+        (r#"portcullis_jwks_keys{keys="hmac"}"#, 1.0),
+        (r#"portcullis_rate_limit_keys{limit="per_sub"}"#, 2.0),
+        ("portcullis_revoked_entries", 3.0),
+    ] {
+        assert_eq!(m.get(series), Some(&want), "{series}");
+    }
+    // The scrape is on the admin listener, not a proxied request; the last request's state
+    // ends just after its answer.
+    eventually("no request in flight", Duration::from_secs(5), || {
+        (scrape(&gw)["portcullis_requests_in_flight"] == 0.0).then_some(())
+    });
+    let fetched = m[r#"portcullis_jwks_last_success_timestamp_seconds{keys="idp"}"#];
+    let loaded = m["portcullis_config_last_reload_success_timestamp_seconds"];
+    for t in [fetched, loaded] {
+        assert!(
+            t >= started - 1.0 && t <= now() as f64 + 1.0,
+            "{t} vs {started}"
+        );
+    }
+    assert!(!m.contains_key(r#"portcullis_jwks_last_success_timestamp_seconds{keys="hmac"}"#));
+    assert!(m["process_resident_memory_bytes"] > 1e6);
+    assert!(m["process_open_fds"] >= 3.0 && m["process_open_fds"] < m["process_max_fds"]);
+    assert!(m["process_start_time_seconds"] >= started - 30.0);
+    assert!(m.contains_key("process_cpu_seconds_total"));
+
+    // A reload that drops the rate limit drops its series, and moves the reload time.
+    std::thread::sleep(Duration::from_millis(1100));
+    let conf = std::fs::read_to_string(gw.dir.join("portcullis.yaml")).unwrap();
+    let conf = conf
+        .replace(", rate_limit: per_sub", "")
+        .replace(
+            "  per_sub: {key: \"claim:sub\", rate: 100/s, burst: 100}\n",
+            "",
+        )
+        .replace("rate_limits:\n", "");
+    std::fs::write(gw.dir.join("portcullis.yaml"), conf).unwrap();
+    gw.signal("-HUP");
+    let m = eventually("the reload", Duration::from_secs(5), || {
+        let m = scrape(&gw);
+        (m[r#"portcullis_config_reloads_total{result="ok"}"#] == 1.0).then_some(m)
+    });
+    assert!(!m.contains_key(r#"portcullis_rate_limit_keys{limit="per_sub"}"#));
+    assert!(m["portcullis_config_last_reload_success_timestamp_seconds"] > loaded);
+
+    // promtool, the Prometheus project's own linter, on the live scrape.
+    let text = request(gw.admin, "GET", "/metrics", &[], None).body;
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/install-deps installs it)");
+    use std::io::Write;
+    lint.stdin.take().unwrap().write_all(&text).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -84,6 +84,9 @@ pub struct TokenCache {
     shards: Vec<RwLock<Shard>>,
     per_shard: usize,
     hasher: foldhash::fast::RandomState,
+    /// `portcullis_token_cache_requests_total{result="hit"}` and `{result="miss"}` of the
+    /// policy, once `counted`.
+    counts: Option<[prometheus::IntCounter; 2]>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -108,6 +111,21 @@ impl TokenCache {
                 .collect(),
             per_shard,
             hasher: foldhash::fast::RandomState::default(),
+            counts: None,
+        }
+    }
+
+    /// Count lookups as the policy `policy`'s.
+    pub fn counted(mut self, policy: &str) -> TokenCache {
+        let c = &crate::observe::metrics().token_cache_requests;
+        self.counts = Some(["hit", "miss"].map(|r| c.with_label_values(&[policy, r])));
+        self
+    }
+
+    /// Count one lookup that was (or was not) answered from the cache.
+    pub fn count(&self, hit: bool) {
+        if let Some(c) = &self.counts {
+            c[usize::from(!hit)].inc();
         }
     }
 

@@ -130,7 +130,7 @@ fn compile_policy(
             Err(e) => ctx.error(format!("{path}.require[{i}]"), e),
         }
     }
-    let cache = cache(&path, p, ctx);
+    let cache = cache(&path, p, ctx).map(|c| c.counted(name));
     let token_types = match &p.token_types {
         None => vec![],
         Some(list) => {

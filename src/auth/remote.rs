@@ -34,6 +34,12 @@ pub enum Source {
     Oidc(String),
 }
 
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A remote key set.
 pub struct RemoteKeys {
     pub name: String,
@@ -43,6 +49,8 @@ pub struct RemoteKeys {
     keys: ArcSwap<Vec<Arc<Key>>>,
     /// Bumped on every successful fetch.
     generation: AtomicU64,
+    /// When the last successful fetch ended (seconds since the epoch; 0: never).
+    last_success: AtomicU64,
     /// Single flight for unknown-kid fetches; holds when the last one started.
     refetch: tokio::sync::Mutex<Option<Instant>>,
     /// The last fetch error, for `/readyz`.
@@ -204,6 +212,7 @@ impl RemoteKeys {
             timeout,
             keys: ArcSwap::from_pointee(Vec::new()),
             generation: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
             refetch: tokio::sync::Mutex::new(None),
             last_error: ArcSwap::from_pointee(None),
             watched: std::sync::atomic::AtomicBool::new(false),
@@ -226,6 +235,11 @@ impl RemoteKeys {
 
     pub fn loaded(&self) -> bool {
         self.generation.load(Ordering::SeqCst) > 0
+    }
+
+    /// When the last successful fetch ended, in seconds since the epoch; 0 before the first.
+    pub fn last_success(&self) -> u64 {
+        self.last_success.load(Ordering::Relaxed)
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -297,6 +311,7 @@ impl RemoteKeys {
         self.keys
             .store(Arc::new(keys.into_iter().map(Arc::new).collect()));
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.last_success.store(unix_seconds(), Ordering::Relaxed);
         log::info!("keys {}: {count} key(s) loaded from {jwks_url}", self.name);
         Ok(cache_control.as_deref().and_then(max_age))
     }

@@ -323,13 +323,16 @@ impl Verifier {
             if let Some(hit) = cache.get(token) {
                 if hit.generation == generation {
                     if hit.exp.is_some_and(|exp| now >= exp + self.leeway) {
+                        cache.count(true);
                         cache.remove(token);
                         return Err(AuthError::Expired);
                     }
                     trace.note(1, || "verified before: taken from the token cache".into());
+                    cache.count(true);
                     return Ok(hit);
                 }
             }
+            cache.count(false);
         }
         let v = self.verify_traced(token, now, trace)?;
         let forward = self.forwarded_headers(&v)?;

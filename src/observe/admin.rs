@@ -90,11 +90,14 @@ impl ServeHttp for Admin {
                 }
                 reply(status, "application/json", doc.to_string().into_bytes())
             }
-            "/metrics" => reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics().render(),
-            ),
+            "/metrics" => {
+                super::state::sample(&self.live.policy.load());
+                reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics().render(),
+                )
+            }
             _ => reply(
                 404,
                 "application/json",

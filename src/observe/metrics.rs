@@ -38,6 +38,21 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Indexed by `edge::conn::Dropped`.
     pub connections_dropped: Vec<IntCounter>,
+    pub token_cache_requests: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    /// Set from the policy in force at each scrape (`observe::state`).
+    pub sampled: Sampled,
+}
+
+/// The gauges that describe state the policy holds, set when `/metrics` is scraped.
+pub struct Sampled {
+    pub requests_in_flight: IntGauge,
+    pub upstream_peer_up: IntGaugeVec,
+    pub token_cache_entries: IntGaugeVec,
+    pub jwks_last_success: IntGaugeVec,
+    pub jwks_keys: IntGaugeVec,
+    pub rate_limit_keys: IntGaugeVec,
+    pub revoked_entries: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -46,6 +61,20 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    let gauges = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, _> {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        registry.register(Box::new(g.clone()))?;
+        Ok::<_, prometheus::Error>(g)
+    };
+    let gauge = |name: &str, help: &str| -> Result<IntGauge, _> {
+        let g = IntGauge::new(name, help)?;
+        registry.register(Box::new(g.clone()))?;
+        Ok::<_, prometheus::Error>(g)
+    };
     let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, _> {
         let c = IntCounterVec::new(Opts::new(name, help), labels)?;
         registry.register(Box::new(c.clone()))?;
@@ -189,6 +218,50 @@ fn build() -> Result<Metrics, prometheus::Error> {
             )?;
             registry.register(Box::new(c.clone()))?;
             c
+        },
+        token_cache_requests: counter(
+            "portcullis_token_cache_requests_total",
+            "Lookups in a policy's verified-token cache, by policy and result (hit: no signature check; miss: verified and cached).",
+            &["policy", "result"],
+        )?,
+        config_last_reload_success: gauge(
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded (at start, or by the last successful reload), seconds since the epoch.",
+        )?,
+        sampled: Sampled {
+            requests_in_flight: gauge(
+                "portcullis_requests_in_flight",
+                "Requests being answered now.",
+            )?,
+            upstream_peer_up: gauges(
+                "portcullis_upstream_peer_up",
+                "1 while health checks keep a peer in service, 0 while they take it out (always 1 without health checks).",
+                &["upstream", "peer"],
+            )?,
+            token_cache_entries: gauges(
+                "portcullis_token_cache_entries",
+                "Verified tokens held in each policy's cache.",
+                &["policy"],
+            )?,
+            jwks_last_success: gauges(
+                "portcullis_jwks_last_success_timestamp_seconds",
+                "When each remote key set was last fetched successfully, seconds since the epoch (0: never).",
+                &["keys"],
+            )?,
+            jwks_keys: gauges(
+                "portcullis_jwks_keys",
+                "Usable keys in each key set.",
+                &["keys"],
+            )?,
+            rate_limit_keys: gauges(
+                "portcullis_rate_limit_keys",
+                "Keys (clients, tokens, claim values) each local rate limit tracks a bucket for.",
+                &["limit"],
+            )?,
+            revoked_entries: gauge(
+                "portcullis_revoked_entries",
+                "Revoked subjects and token ids in force (from auth revocation and its file).",
+            )?,
         },
         registry,
     };

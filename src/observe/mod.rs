@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod metrics;
+pub mod state;
 
 pub use access_log::AccessLog;
 pub use admin::Admin;
