@@ -8,8 +8,10 @@ deps:
 demo: deps
 	cargo run --release -- demo
 
-# Unit and end-to-end tests.
+# Unit and end-to-end tests; the alert rules checked and unit-tested by promtool.
 test: deps
+	promtool check rules conf/prometheus/alerts.yaml
+	promtool test rules conf/prometheus/alerts.test.yaml
 	cargo test
 
 bench: deps

@@ -51,6 +51,7 @@ pub struct Sampled {
     pub token_cache_entries: IntGaugeVec,
     pub jwks_last_success: IntGaugeVec,
     pub jwks_keys: IntGaugeVec,
+    pub jwks_refresh: IntGaugeVec,
     pub rate_limit_keys: IntGaugeVec,
     pub revoked_entries: IntGauge,
 }
@@ -251,6 +252,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             jwks_keys: gauges(
                 "portcullis_jwks_keys",
                 "Usable keys in each key set.",
+                &["keys"],
+            )?,
+            jwks_refresh: gauges(
+                "portcullis_jwks_refresh_seconds",
+                "The configured refresh interval of each remote key set (the JWKS-stale alert compares the last good fetch with it).",
                 &["keys"],
             )?,
             rate_limit_keys: gauges(

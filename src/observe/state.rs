@@ -36,12 +36,16 @@ pub fn sample(policy: &Policy) {
 
     g.jwks_keys.reset();
     g.jwks_last_success.reset();
+    g.jwks_refresh.reset();
     for (name, set) in &policy.key_sets {
         let count = match &set.remote {
             Some(remote) => {
                 g.jwks_last_success
                     .with_label_values(&[name.as_str()])
                     .set(remote.last_success() as i64);
+                g.jwks_refresh
+                    .with_label_values(&[name.as_str()])
+                    .set(remote.refresh.as_secs() as i64);
                 remote.keys().len()
             }
             None => set.keys.len(),
