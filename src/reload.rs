@@ -69,10 +69,8 @@ impl Live {
 /// `portcullis_config_last_reload_success_timestamp_seconds`: the configuration in force was
 /// loaded now.
 fn loaded_now() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    metrics().config_last_reload_success.set(now as i64);
+    let now = crate::auth::verify::now() as i64;
+    metrics().config_last_reload_success.set(now);
 }
 
 /// Reloads one config file into a `Live`.

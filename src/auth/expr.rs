@@ -148,8 +148,9 @@ impl Expr {
     pub fn value(&self, input: &Input<'_>) -> Result<Value, String> {
         // The token's values are lent to the expression, not copied: cel converts a variable
         // added by value in full on every evaluation (3 µs for a small payload), while a
-        // resolver hands out a reference. The request's are made when read (2 µs for a map of
-        // every header, 0.1 µs for a field).
+        // resolver hands out a reference. The request's fields are made when read: a map of
+        // every header built up front cost 2 µs, a field read from the request costs a
+        // borrowed string.
         let vars = Variables {
             claims: self.uses.claims.then_some(input.claims),
             header: self.uses.header.then_some(input.header),

@@ -34,12 +34,6 @@ pub enum Source {
     Oidc(String),
 }
 
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A remote key set.
 pub struct RemoteKeys {
     pub name: String,
@@ -311,7 +305,8 @@ impl RemoteKeys {
         self.keys
             .store(Arc::new(keys.into_iter().map(Arc::new).collect()));
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.last_success.store(unix_seconds(), Ordering::Relaxed);
+        self.last_success
+            .store(super::verify::now() as u64, Ordering::Relaxed);
         log::info!("keys {}: {count} key(s) loaded from {jwks_url}", self.name);
         Ok(cache_control.as_deref().and_then(max_age))
     }
