@@ -467,6 +467,10 @@ routes:
         (r#"portcullis_jwks_keys{keys="idp"}"#, 2.0),
         (r#"portcullis_jwks_keys{keys="hmac"}"#, 1.0),
         (r#"portcullis_jwks_refresh_seconds{keys="idp"}"#, 600.0),
+        (
+            r#"portcullis_jwks_fetches_total{keys="idp",result="error"}"#,
+            0.0,
+        ),
         (r#"portcullis_rate_limit_keys{limit="per_sub"}"#, 2.0),
         ("portcullis_revoked_entries", 3.0),
     ] {

@@ -199,6 +199,10 @@ async fn get(url: &Uri, timeout: Duration) -> Result<(Vec<u8>, Option<String>), 
 
 impl RemoteKeys {
     pub fn new(name: &str, source: Source, refresh: Duration, timeout: Duration) -> RemoteKeys {
+        // Both results exist from the start, at 0, so that `increase()` sees the first error.
+        for result in ["ok", "error"] {
+            metrics().jwks_fetches.with_label_values(&[name, result]);
+        }
         RemoteKeys {
             name: name.to_string(),
             source,

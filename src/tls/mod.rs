@@ -159,6 +159,12 @@ impl Resolver {
                 .with_label_values(&[&profile.name]),
         });
         r.export(&profile);
+        // Both results exist from the start, at 0, so that `increase()` sees the first error.
+        for result in ["ok", "error"] {
+            metrics()
+                .tls_certificate_reloads
+                .with_label_values(&[&profile.name, result]);
+        }
         r
     }
 
