@@ -103,6 +103,8 @@ enum Command {
         #[arg(long = "claim", value_parser = mint::parse_claim)]
         claims: Vec<(String, String)>,
     },
+    /// Print the JSON Schema (draft 2020-12) of the config file, for editors and validators.
+    Schema,
     /// Run the gateway on the shipped demo config with built-in echo upstreams.
     Demo {
         #[arg(short = 'c', long = "config", default_value = "conf/demo.yaml")]
@@ -153,6 +155,12 @@ fn main() -> ExitCode {
             serve(policy, &config)
         }
         Command::Reload { config } => reload(&config),
+        Command::Schema => {
+            let text = serde_json::to_string_pretty(&portcullis::config::schema::schema())
+                .expect("a JSON value serialises");
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
         Command::Explain {
             config,
             method,

@@ -434,3 +434,55 @@ routes:
     }
     assert_eq!(got_lines.len(), want_lines.len(), "whole output:\n{got}");
 }
+
+/// `portcullis schema` is the committed docs/portcullis.schema.json (regenerate with
+/// `portcullis schema > docs/portcullis.schema.json`), and every shipped config validates
+/// against it with an independent validator (Python's `jsonschema`, draft 2020-12), while a
+/// file with an unknown field or a wrong type does not.
+#[test]
+fn the_config_schema_is_fresh_and_every_shipped_config_matches_it() {
+    let out = portcullis_ok(&["schema"]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let committed = std::fs::read_to_string(root.join("docs/portcullis.schema.json")).unwrap();
+    assert!(
+        out == committed,
+        "docs/portcullis.schema.json is stale: run `portcullis schema > docs/portcullis.schema.json`"
+    );
+    let dir = temp_dir();
+    let bad_field = dir.join("bad-field.yaml");
+    std::fs::write(
+        &bad_field,
+        "routes:\n  - {prefix: /, upstream: a, upstrem: b}\n",
+    )
+    .unwrap();
+    let bad_type = dir.join("bad-type.yaml");
+    std::fs::write(&bad_type, "server: {http2: maybe}\n").unwrap();
+    let script = r#"
+import glob, json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+v = jsonschema.Draft202012Validator(schema)
+jsonschema.Draft202012Validator.check_schema(schema)
+files = sorted(glob.glob(sys.argv[2] + "/conf/*.yaml"))
+assert len(files) >= 5, files
+for f in files:
+    errors = list(v.iter_errors(yaml.safe_load(open(f))))
+    assert not errors, (f, [e.message for e in errors])
+for f in sys.argv[3:]:
+    assert list(v.iter_errors(yaml.safe_load(open(f)))), f + " should not validate"
+print("ok", len(files))
+"#;
+    let run = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(root.join("docs/portcullis.schema.json"))
+        .arg(root)
+        .arg(&bad_field)
+        .arg(&bad_type)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

@@ -6,6 +6,7 @@
 
 mod ctx;
 mod duration;
+pub mod schema;
 
 pub use ctx::Ctx;
 pub use duration::{duration_field, parse_duration};
@@ -171,7 +172,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Addresses the proxy listens on: `IP:PORT`, or `{addr, tls}` / `{addr, redirect_https}`.
@@ -209,7 +210,7 @@ pub struct ServerConfig {
     pub resolver: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Request line and headers, e.g. `32KiB` (default 64KiB): larger is 431.
@@ -251,7 +252,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestIdConfig {
     pub header: Option<String>,
@@ -261,7 +262,7 @@ pub struct RequestIdConfig {
 }
 
 /// `request_headers` / `response_headers` of a route.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRulesConfig {
     #[serde(default)]
@@ -270,7 +271,7 @@ pub struct HeaderRulesConfig {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
     pub origins: Vec<String>,
@@ -285,7 +286,7 @@ pub struct CorsConfig {
     pub max_age: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EncodedSlashesConfig {
     #[default]
@@ -293,7 +294,7 @@ pub enum EncodedSlashesConfig {
     Forward,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PathSemicolons {
     #[default]
@@ -301,7 +302,7 @@ pub enum PathSemicolons {
     Allow,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadersWithUnderscores {
     Allow,
@@ -362,7 +363,7 @@ impl ListenConfig {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListenLong {
     addr: String,
@@ -393,7 +394,7 @@ impl TryFrom<Value> for ListenConfig {
 }
 
 /// A `tls` profile: the certificates one or more TLS listeners serve.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsProfileConfig {
     /// Chosen by SNI against each certificate's SAN names; the first is the default.
@@ -402,7 +403,7 @@ pub struct TlsProfileConfig {
     pub client_auth: Option<ClientAuthConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuthConfig {
     /// PEM: the CA certificates client certificates must chain to.
@@ -412,7 +413,7 @@ pub struct ClientAuthConfig {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// PEM: the certificate, then its chain.
@@ -421,7 +422,7 @@ pub struct CertificateConfig {
     pub key: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub peers: Vec<PeerConfig>,
@@ -443,7 +444,7 @@ pub struct UpstreamConfig {
     pub resolve: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     #[default]
@@ -452,7 +453,7 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
@@ -460,14 +461,14 @@ pub enum Balance {
     ConsistentHash,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthKindConfig {
     Tcp,
     Http,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     pub kind: HealthKindConfig,
@@ -479,21 +480,21 @@ pub struct HealthCheckConfig {
     pub healthy_after: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub sni: Option<String>,
     pub verify: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum PeerConfig {
     Addr(String),
     Weighted(WeightedPeer),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedPeer {
     pub addr: String,
@@ -521,7 +522,7 @@ impl PeerConfig {
 }
 
 /// A named key set. Exactly one source must be given.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeySetConfig {
     /// A JWK or a JWKS document (JSON).
@@ -548,7 +549,7 @@ pub struct KeySetConfig {
 }
 
 /// A named JWT policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub keys: OneOrMany<String>,
@@ -582,20 +583,23 @@ pub struct PolicyConfig {
 
 /// A required-claim rule: `claim` (a claim path) and exactly one of `contains`, `any_of`,
 /// `one_of`, `equals`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub claim: Option<String>,
     /// A CEL expression that must be true (instead of a claim rule).
     pub expr: Option<String>,
     pub contains: Option<Vec<String>>,
+    #[schemars(with = "Option<Vec<serde_json::Value>>")]
     pub any_of: Option<Vec<Value>>,
+    #[schemars(with = "Option<Vec<serde_json::Value>>")]
     pub one_of: Option<Vec<Value>>,
+    #[schemars(with = "Option<serde_json::Value>")]
     pub equals: Option<Value>,
 }
 
 /// Revoked `sub` and `jti` values: inline, and from a watched file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationConfig {
     pub file: Option<String>,
@@ -611,7 +615,7 @@ pub struct RevocationConfig {
 }
 
 /// The JSON access log.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
     /// `-` for stdout, or a file path (appended to).
@@ -622,7 +626,7 @@ pub struct AccessLogConfig {
 }
 
 /// A named token-bucket rate limit.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// `claim:NAME`, `ip` or `header:NAME`.
@@ -639,7 +643,7 @@ pub struct RateLimitConfig {
     pub sync: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitScope {
     #[default]
@@ -648,7 +652,7 @@ pub enum LimitScope {
 }
 
 /// `cluster`: state shared by the gateway instances.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub redis: RedisConfig,
@@ -657,7 +661,7 @@ pub struct ClusterConfig {
     pub on_error: OnErrorConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user@]host[:port][/db]`.
@@ -673,7 +677,7 @@ pub struct RedisConfig {
     pub key_prefix: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnErrorConfig {
     #[default]
@@ -682,7 +686,7 @@ pub enum OnErrorConfig {
     Deny,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Position in the file's `routes` list (for error paths).
@@ -708,7 +712,7 @@ pub struct RouteConfig {
 }
 
 /// `routes[].upstream_by`: after verification, a claim's value names the pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamByConfig {
     pub claim: String,
