@@ -322,13 +322,12 @@ impl Verifier {
         if let Some(cache) = &self.cache {
             if let Some(hit) = cache.get(token) {
                 if hit.generation == generation {
+                    cache.count(true);
                     if hit.exp.is_some_and(|exp| now >= exp + self.leeway) {
-                        cache.count(true);
                         cache.remove(token);
                         return Err(AuthError::Expired);
                     }
                     trace.note(1, || "verified before: taken from the token cache".into());
-                    cache.count(true);
                     return Ok(hit);
                 }
             }

@@ -125,30 +125,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Configuration reloads, by result.",
             &["result"],
         )?,
-        build_info: {
-            let g = IntGaugeVec::new(
-                Opts::new("portcullis_build_info", "Always 1; the version is a label."),
-                &["version"],
-            )?;
-            registry.register(Box::new(g.clone()))?;
-            g
-        },
+        build_info: gauges(
+            "portcullis_build_info",
+            "Always 1; the version is a label.",
+            &["version"],
+        )?,
         jwks_fetches: counter(
             "portcullis_jwks_fetches_total",
             "Fetches of remote key sets, by key set and result (ok, error).",
             &["keys", "result"],
         )?,
-        tls_certificate_expiry: {
-            let g = IntGaugeVec::new(
-                Opts::new(
-                    "portcullis_tls_certificate_expiry_timestamp_seconds",
-                    "When each served certificate expires (notAfter, seconds since the epoch).",
-                ),
-                &["profile", "certificate"],
-            )?;
-            registry.register(Box::new(g.clone()))?;
-            g
-        },
+        tls_certificate_expiry: gauges(
+            "portcullis_tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (notAfter, seconds since the epoch).",
+            &["profile", "certificate"],
+        )?,
         tls_certificate_reloads: counter(
             "portcullis_tls_certificate_reloads_total",
             "Certificate reloads after a file changed on disk, by profile and result (ok, error).",
@@ -174,14 +165,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Background lookups of the peer names of upstreams with resolve, by upstream and result (ok, error; on error the last addresses stay).",
             &["upstream", "result"],
         )?,
-        redis_up: {
-            let g = IntGauge::new(
-                "portcullis_redis_up",
-                "1 while the cluster section's Redis answers, 0 while shared state falls back to cluster.on_error.",
-            )?;
-            registry.register(Box::new(g.clone()))?;
-            g
-        },
+        redis_up: gauge(
+            "portcullis_redis_up",
+            "1 while the cluster section's Redis answers, 0 while shared state falls back to cluster.on_error.",
+        )?,
         redis_errors: {
             let c = counter(
                 "portcullis_redis_errors_total",
@@ -193,14 +180,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
                 .map(|f| c.with_label_values(&[f.label()]))
                 .collect()
         },
-        connections_open: {
-            let g = IntGauge::new(
-                "portcullis_connections_open",
-                "Client connections open on the proxy and redirect listeners (bounded by server.limits.max_connections).",
-            )?;
-            registry.register(Box::new(g.clone()))?;
-            g
-        },
+        connections_open: gauge(
+            "portcullis_connections_open",
+            "Client connections open on the proxy and redirect listeners (bounded by server.limits.max_connections).",
+        )?,
         connections_dropped: {
             let c = counter(
                 "portcullis_connections_dropped_total",

@@ -168,17 +168,9 @@ fn text<'s, 'a>(s: Cow<'a, str>) -> CowVal<'s, 'a> {
     CowVal::Owned(Box::new(CelString::from(s)))
 }
 
-/// The request's host: the URI's (HTTP/2's `:authority`), or the `Host` header's without
-/// its port; lower-case.
-pub(super) fn host(req: &RequestHeader) -> Cow<'_, str> {
-    let host = req
-        .uri
-        .host()
-        .or_else(|| {
-            let h = req.headers.get(http::header::HOST)?.to_str().ok()?;
-            Some(h.rsplit_once(':').map_or(h, |(h, _)| h))
-        })
-        .unwrap_or("");
+/// The request's host without its port (the proxy's own reading of it), lower-case.
+fn host(req: &RequestHeader) -> Cow<'_, str> {
+    let host = crate::proxy::request_host(req).unwrap_or("");
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
