@@ -353,10 +353,12 @@ pub fn pem_block(pem: &[u8]) -> Result<(String, Vec<u8>), String> {
     let label = rest[..label_end].to_string();
     let body_start = label_end + 5;
     let end_marker = format!("-----END {label}-----");
-    let body_end = rest
+    // Searched for after the header: `-----BEGIN X---------END X-----` has no body.
+    let body = &rest[body_start..];
+    let body_end = body
         .find(&end_marker)
         .ok_or_else(|| format!("missing {end_marker}"))?;
-    let b64: String = rest[body_start..body_end]
+    let b64: String = body[..body_end]
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
@@ -412,6 +414,17 @@ pub fn parse_public_pem(pem: &[u8]) -> Result<Key, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `jwks` fuzz target: an END marker inside the BEGIN line's dashes made
+    /// the body's end come before its start (a slice panic in `check`).
+    #[test]
+    fn pem_whose_end_marker_overlaps_its_header_is_an_error() {
+        let pem = b"-----BEGIN PUBLIC KEY---------END PUBLIC KEY-----\n";
+        assert!(pem_block(pem).is_err());
+        assert!(parse_public_pem(pem).is_err());
+        let empty = b"-----BEGIN PUBLIC KEY----------END PUBLIC KEY-----\n";
+        assert!(parse_public_pem(empty).is_err());
+    }
 
     #[test]
     fn jwks_oct_key_from_the_nginx_tutorial() {
