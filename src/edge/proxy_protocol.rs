@@ -84,7 +84,10 @@ pub fn parse_v2(
 }
 
 /// Read exactly the header, nothing of what follows it (the TLS ClientHello or the request).
-async fn read_header<S: AsyncRead + Unpin + ?Sized>(stream: &mut S) -> Result<Option<SocketAddr>> {
+/// `Ok(None)`: a header that names no address (`UNKNOWN`, `LOCAL`).
+pub async fn read_header<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+) -> Result<Option<SocketAddr>> {
     let mut first = [0u8; 1];
     stream
         .read_exact(&mut first)
@@ -103,7 +106,8 @@ async fn read_header<S: AsyncRead + Unpin + ?Sized>(stream: &mut S) -> Result<Op
                 line.truncate(line.len() - 2);
                 return parse_v1(&line).map_err(bad);
             }
-            if line.len() > 107 {
+            // The longest line the specification allows is 107 bytes with its CRLF.
+            if line.len() >= 107 {
                 return Err(bad("PROXY v1: line too long"));
             }
         }
@@ -154,6 +158,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(bytes: &[u8]) -> (Result<Option<SocketAddr>>, usize) {
+        use futures_util::FutureExt;
+        let mut stream = bytes;
+        let r = read_header(&mut stream).now_or_never().unwrap();
+        (r, bytes.len() - stream.len())
+    }
+
+    /// Found by the `proxy_protocol` fuzz target: a 108-byte line (with CRLF) was accepted,
+    /// one more than the specification's longest.
+    #[test]
+    fn v1_line_at_most_107_bytes_with_its_crlf() {
+        let line = |n: usize| {
+            let head = "PROXY TCP4 203.0.113.7 10.0.0.1 51234 ";
+            let mut l = format!("{head}{:0>w$}\r\nGET", 443, w = n - head.len() - 2);
+            l.truncate(n + 3);
+            l
+        };
+        let (ok, used) = read(line(107).as_bytes());
+        assert_eq!(ok.unwrap(), Some("203.0.113.7:51234".parse().unwrap()));
+        assert_eq!(used, 107, "the header and nothing after it");
+        assert!(read(line(108).as_bytes()).0.is_err());
+    }
 
     #[test]
     fn v1() {
