@@ -59,6 +59,14 @@ impl HostMatch {
         }
     }
 
+    /// The length of a wildcard's suffix (0 for the others).
+    fn suffix_len(&self) -> usize {
+        match self {
+            HostMatch::Suffix(s) => s.len(),
+            _ => 0,
+        }
+    }
+
     /// Ordering weight: exact hosts before wildcards before any host.
     fn rank(&self) -> u8 {
         match self {
@@ -119,6 +127,8 @@ impl RouteTable {
                 .len()
                 .cmp(&a.prefix.len())
                 .then(a.host.rank().cmp(&b.host.rank()))
+                // Among wildcards, the longest (most specific) first, as nginx's server_name.
+                .then(b.host.suffix_len().cmp(&a.host.suffix_len()))
                 .then(a.prefix.cmp(&b.prefix))
                 .then(format!("{:?}", a.host).cmp(&format!("{:?}", b.host)))
                 .then(ia.cmp(ib))
@@ -585,6 +595,22 @@ mod tests {
 
     fn table(rs: Vec<Route>) -> RouteTable {
         RouteTable::new(rs.into_iter().enumerate().collect()).unwrap()
+    }
+
+    /// The reference matcher of the `routes` fuzz target: among wildcard hosts at one prefix,
+    /// the longest (most specific) wins, whatever the names sort as.
+    #[test]
+    fn longer_wildcard_host_wins() {
+        let mut hosts = ["*.example.com", "*.z.example.com", "*.a.example.com"];
+        for _ in 0..3 {
+            hosts.rotate_left(1);
+            let t = table(hosts.iter().map(|h| route("/", h, None)).collect());
+            let get = Method::GET;
+            let host = |h: &str| t.find(Some(h), "/x", &get).unwrap().host.clone();
+            assert_eq!(host("q.z.example.com"), HostMatch::parse("*.z.example.com").unwrap());
+            assert_eq!(host("q.a.example.com"), HostMatch::parse("*.a.example.com").unwrap());
+            assert_eq!(host("q.b.example.com"), HostMatch::parse("*.example.com").unwrap());
+        }
     }
 
     #[test]
