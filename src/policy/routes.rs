@@ -607,9 +607,18 @@ mod tests {
             let t = table(hosts.iter().map(|h| route("/", h, None)).collect());
             let get = Method::GET;
             let host = |h: &str| t.find(Some(h), "/x", &get).unwrap().host.clone();
-            assert_eq!(host("q.z.example.com"), HostMatch::parse("*.z.example.com").unwrap());
-            assert_eq!(host("q.a.example.com"), HostMatch::parse("*.a.example.com").unwrap());
-            assert_eq!(host("q.b.example.com"), HostMatch::parse("*.example.com").unwrap());
+            assert_eq!(
+                host("q.z.example.com"),
+                HostMatch::parse("*.z.example.com").unwrap()
+            );
+            assert_eq!(
+                host("q.a.example.com"),
+                HostMatch::parse("*.a.example.com").unwrap()
+            );
+            assert_eq!(
+                host("q.b.example.com"),
+                HostMatch::parse("*.example.com").unwrap()
+            );
         }
     }
 
