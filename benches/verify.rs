@@ -165,22 +165,12 @@ fn bench_routes(c: &mut Criterion) {
     let mk = |i: usize, prefix: String| {
         (
             i,
-            Route {
-                id: prefix.clone(),
-                prefix,
-                host: HostMatch::Any,
-                methods: None,
-                upstream: portcullis::upstream::Choice::Fixed(pool.clone()),
-                auth: vec![],
-                pre_auth_limits: vec![],
-                post_auth_limits: vec![],
-                websocket: false,
-                rewrite: None,
-                request_headers: Default::default(),
-                response_headers: Default::default(),
-                cors: None,
-                metrics: portcullis::observe::metrics::RouteMetrics::new("bench"),
-            },
+            Route::basic(
+                &prefix,
+                HostMatch::Any,
+                None,
+                portcullis::upstream::Choice::Fixed(pool.clone()),
+            ),
         )
     };
     for n in [4usize, 64] {

@@ -52,22 +52,7 @@ fn methods(bits: u8) -> Option<Vec<Method>> {
 }
 
 fn route(prefix: &str, host: HostMatch, methods: Option<Vec<Method>>) -> Route {
-    Route {
-        id: prefix.to_string(),
-        prefix: prefix.to_string(),
-        host,
-        methods,
-        upstream: Choice::Fixed(POOL.clone()),
-        auth: vec![],
-        pre_auth_limits: vec![],
-        post_auth_limits: vec![],
-        websocket: false,
-        rewrite: None,
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        cors: None,
-        metrics: portcullis::observe::metrics::RouteMetrics::new("fuzz"),
-    }
+    Route::basic(prefix, host, methods, Choice::Fixed(POOL.clone()))
 }
 
 /// Does a route's host (as written in the config) match the request host? `None`: any.

@@ -105,6 +105,32 @@ pub struct Route {
 }
 
 impl Route {
+    /// A public route to one pool with nothing else set: for tests, benches and fuzz targets.
+    /// Its id is its prefix; its metrics share one fixed label, so that building many (a fuzz
+    /// target builds millions) does not grow the metric registry.
+    pub fn basic(
+        prefix: &str,
+        host: HostMatch,
+        methods: Option<Vec<Method>>,
+        upstream: Choice,
+    ) -> Route {
+        Route {
+            id: prefix.to_string(),
+            prefix: prefix.to_string(),
+            host,
+            methods,
+            upstream,
+            auth: vec![],
+            pre_auth_limits: vec![],
+            post_auth_limits: vec![],
+            websocket: false,
+            rewrite: None,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            cors: None,
+            metrics: crate::observe::metrics::RouteMetrics::new("basic"),
+        }
+    }
     fn same_place(&self, other: &Route) -> bool {
         self.prefix == other.prefix && self.host == other.host
     }
@@ -568,29 +594,14 @@ mod tests {
     use super::*;
 
     fn route(prefix: &str, host: &str, methods: Option<&[&str]>) -> Route {
-        Route {
-            id: prefix.to_string(),
-            prefix: prefix.to_string(),
-            host: if host.is_empty() {
-                HostMatch::Any
-            } else {
-                HostMatch::parse(host).unwrap()
-            },
-            methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
-            upstream: Choice::Fixed(Arc::new(Pool::new(
-                "p",
-                vec![("127.0.0.1:1".parse().unwrap(), 1)],
-            ))),
-            auth: vec![],
-            pre_auth_limits: vec![],
-            post_auth_limits: vec![],
-            websocket: false,
-            rewrite: None,
-            request_headers: HeaderRules::default(),
-            response_headers: HeaderRules::default(),
-            cors: None,
-            metrics: crate::observe::metrics::RouteMetrics::new(prefix),
-        }
+        let host = if host.is_empty() {
+            HostMatch::Any
+        } else {
+            HostMatch::parse(host).unwrap()
+        };
+        let methods = methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect());
+        let pool = Arc::new(Pool::new("p", vec![("127.0.0.1:1".parse().unwrap(), 1)]));
+        Route::basic(prefix, host, methods, Choice::Fixed(pool))
     }
 
     fn table(rs: Vec<Route>) -> RouteTable {
