@@ -27,7 +27,6 @@ REDIS_PID=${PIDS[-1]}
 wait_port "$REDIS"
 
 GW=$(port)
-SECRET="benchmark-secret-benchmark-secret-0123456789"
 cat >"$WORK/portcullis.yaml" <<CONF
 server: {listen: ["127.0.0.1:$GW"], threads: 1}
 cluster:

@@ -8,7 +8,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-60s}
 TOKENS=${TOKENS:-100000}
-SECRET="benchmark-secret-benchmark-secret-0123456789"
 need nginx wrk taskset python3
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 

@@ -53,7 +53,7 @@ worker_processes 1;
 daemon off;
 pid $WORK/$1.pid;
 error_log $WORK/$1.err;
-events { worker_connections 4096; }
+events { worker_connections ${NGINX_CONNECTIONS:-4096}; }
 http {
     access_log off;
     keepalive_requests 10000000;
@@ -77,8 +77,10 @@ start_upstream() { # start_upstream CORE: nginx on a free port, in $UP
 # listening on a free port ($GW) with four routes to the upstream: /off/ (no auth), /hs/ (HS256
 # through the verified-token cache), /hs-nocache/ (HS256, cache: false) and /hs-expr/ (as /hs/
 # with one CEL rule, issue 17's first example); $TOKEN is valid for all. Used by the per-request counting scripts (allocs.sh, instructions.sh).
+ISSUER=https://issuer.example
+SECRET="benchmark-secret-benchmark-secret-0123456789"
 hs_routes_config() {
-    local secret="benchmark-secret-benchmark-secret-0123456789"
+    local secret=$SECRET
     GW=$(port)
     cat >"$WORK/portcullis.yaml" <<CONF
 server: {listen: ["127.0.0.1:$GW"], threads: 1}
@@ -87,11 +89,12 @@ upstreams:
 keys:
   hs: {secret: "$secret"}
 auth:
-  hs:         {keys: hs, algorithms: [HS256]}
-  hs_nocache: {keys: hs, algorithms: [HS256], cache: false}
+  hs:         {keys: hs, algorithms: [HS256], issuer: "$ISSUER"}
+  hs_nocache: {keys: hs, algorithms: [HS256], issuer: "$ISSUER", cache: false}
   hs_expr:
     keys: hs
     algorithms: [HS256]
+    issuer: "$ISSUER"
     require: [{expr: 'claims.tier == "gold" || request.method == "GET"'}]
 routes:
   - {prefix: /off/, upstream: api}
@@ -99,7 +102,16 @@ routes:
   - {prefix: /hs-nocache/, upstream: api, auth: hs_nocache}
   - {prefix: /hs-expr/, upstream: api, auth: hs_expr}
 CONF
-    TOKEN=$("$BIN" token --secret "$secret" --alg HS256 --sub user-1 --ttl 2h)
+    TOKEN=$("$BIN" token --secret "$secret" --alg HS256 --sub user-1 --iss "$ISSUER" --ttl 2h)
+}
+
+nginx_proxy_conf() { # nginx_proxy_conf NAME PORT [HTTP_LINES]: nginx as a plain keep-alive reverse proxy to $UP
+    nginx_conf "$1" "${3:-}
+    upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 10000000; }
+    server {
+        listen 127.0.0.1:$2;
+        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }"
 }
 
 to_ms() { # 1.23ms | 456.00us | 1.02s -> milliseconds
@@ -121,4 +133,28 @@ backend be
     http-reuse always
     server s1 127.0.0.1:$UP
 CONF
+}
+
+# haproxy_frontend NAME PORT ALG KEY [ISS]: a frontend to `be` that, unless ALG is "none", lets
+# through only a token with that alg, a valid signature, an unexpired exp (and that iss).
+haproxy_frontend() {
+    cat <<EOF
+frontend $1
+    bind 127.0.0.1:$2
+EOF
+    if [ "$3" != none ]; then
+        cat <<EOF
+    http-request deny deny_status 401 unless { req.hdr(authorization) -m found }
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny deny_status 401 unless { var(txn.alg) -m str $3 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$4") -m int 1 }
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+EOF
+        [ -z "${5:-}" ] ||
+            echo "    http-request deny deny_status 401 unless { var(txn.bearer),jwt_payload_query('\$.iss') -m str $5 }"
+    fi
+    echo "    default_backend be"
 }

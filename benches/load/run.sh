@@ -23,7 +23,6 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
-SECRET="benchmark-secret-benchmark-secret-0123456789"
 need nginx haproxy wrk taskset curl python3
 
 # --- the upstream: nginx answering a small JSON body -------------------------------------------
@@ -73,40 +72,17 @@ EOF
 
 # --- nginx, plain reverse proxy ----------------------------------------------------------------
 NG=$(port)
-nginx_conf proxy "    upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 10000000; }
-    server {
-        listen 127.0.0.1:$NG;
-        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
-    }"
+nginx_proxy_conf proxy "$NG"
 
 # --- HAProxy: one process, a frontend per row: plain, and jwt_verify per algorithm (alg pinned,
 # exp checked) ---------------------------------------------------------------------------------
 HA_PLAIN=$(port); HA_HS=$(port); HA_RS=$(port); HA_ES=$(port)
-haproxy_frontend() { # haproxy_frontend NAME PORT ALG KEY  (ALG "none" = no verification)
-    cat <<EOF
-frontend $1
-    bind 127.0.0.1:$2
-EOF
-    if [ "$3" != none ]; then
-        cat <<EOF
-    http-request deny deny_status 401 unless { req.hdr(authorization) -m found }
-    http-request set-var(txn.bearer) http_auth_bearer
-    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
-    http-request deny deny_status 401 unless { var(txn.alg) -m str $3 }
-    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$4") -m int 1 }
-    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
-    http-request set-var(txn.now) date()
-    http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
-EOF
-    fi
-    echo "    default_backend be"
-}
 {
     haproxy_head
     haproxy_frontend plain "$HA_PLAIN" none -
-    haproxy_frontend hs "$HA_HS" HS256 "$SECRET"
-    haproxy_frontend rs "$HA_RS" RS256 "$KEYS/rsa_public.pem"
-    haproxy_frontend es "$HA_ES" ES256 "$KEYS/ec_public.pem"
+    haproxy_frontend hs "$HA_HS" HS256 "$SECRET" "$ISSUER"
+    haproxy_frontend rs "$HA_RS" RS256 "$KEYS/rsa_public.pem" "$ISSUER"
+    haproxy_frontend es "$HA_ES" ES256 "$KEYS/ec_public.pem" "$ISSUER"
 } >"$WORK/haproxy.cfg"
 
 # --- measuring ----------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
-SECRET="benchmark-secret-benchmark-secret-0123456789"
 need nginx haproxy wrk h2load openssl taskset curl python3
 # ONLY="full h2" runs only the rows of those kinds (keepalive, full, resumed, h2).
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
