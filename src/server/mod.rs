@@ -15,13 +15,23 @@ use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::TlsAccept;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TlsAccept};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A client-facing listener on `addr`. Pingora gives every connection a 64 KiB read buffer in
+/// front of the socket, held as long as the connection is open, idle keep-alive ones included.
+/// The HTTP/1 parser, rustls and h2 each read into buffers of their own, so ours read the socket
+/// directly: the same instructions per request, 64 KiB less per connection. A listener that
+/// reads a PROXY header keeps a small one, since a v1 header is read a byte at a time.
+fn client_listener(addr: &str, proxy_protocol: bool) -> ListenerConfig {
+    let read = if proxy_protocol { 512 } else { 0 };
+    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(read))
+}
 
 /// After each completed handshake on a TLS listener: count it, and attach the client
 /// certificate (if one was presented and verified) to the connection for the request path.
@@ -138,7 +148,7 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
             &mut proxy
         };
         match &l.kind {
-            ListenKind::Plain => svc.add_tcp(&addr),
+            ListenKind::Plain => svc.add_listener(client_listener(&addr, l.proxy_protocol)),
             ListenKind::Tls(profile) => {
                 let resolver = live.tls.get(profile).cloned().ok_or_else(|| {
                     std::io::Error::other(format!("tls profile {profile} is not loaded"))
@@ -153,7 +163,7 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
                 if http2 {
                     settings.enable_h2();
                 }
-                svc.add_tls_with_settings(&addr, None, settings);
+                svc.add_listener(client_listener(&addr, l.proxy_protocol).tls(settings));
             }
             ListenKind::RedirectHttps(port) => {
                 let app = Redirect {
@@ -164,7 +174,7 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
                     format!("portcullis redirect {addr}"),
                     Front::new(HttpServer::new_app(app), rules(l.proxy_protocol)),
                 );
-                svc.add_tcp(&addr);
+                svc.add_listener(client_listener(&addr, l.proxy_protocol));
                 svc.threads = Some(1);
                 server.add_service(svc);
             }
