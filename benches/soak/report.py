@@ -60,6 +60,8 @@ refused_kinds = [k for k, e in EXPECT.items() if e != 200] + ["h2_forged"]
 leaked = {k: reached[k] for k in refused_kinds if reached[k]}
 check("no expired, forged, missing or revoked token reached an upstream", not leaked,
       f"reached: {leaked or 'none of ' + ', '.join(refused_kinds)}")
+admitted = sum(n for k, n in reached.items() if k in EXPECT and EXPECT[k] == 200) + reached["h2_valid"]
+answered = sum(int(c.get("200", 0)) for c in seen.values()) + h2.get("h2_valid", Counter())["2xx"]
 
 # 3. Memory and descriptors.
 rss_warm, rss_end = env("RSS_WARM"), env("RSS_END")
@@ -116,7 +118,8 @@ for label, key in [("reload (valid config)", "reload valid"), ("reload (invalid 
                    ("redis-server restarted", "redis down"), ("revocation file rewritten", "revocation file"),
                    ("TLS certificate rotated", "certificate rotated")]:
     print(f"| {label} | {n(key)} |")
-print(f"\nJWKS fetches that failed (the provider away): {env('JWKS_ERRORS')}\n")
+print(f"\nJWKS fetches that failed (the provider away): {env('JWKS_ERRORS')}. The peers logged "
+      f"{admitted} admitted requests; the clients got {answered} answers 200.\n")
 print("| kind | expected | answers |\n|---|---|---|")
 for k in EXPECT:
     c = seen.get(k, Counter())

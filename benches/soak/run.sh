@@ -98,7 +98,8 @@ http {
 }
 CONF
 }
-start_peer() { nginx -c "$WORK/peer$1.conf" -p "$WORK" >>"$WORK/peer$1.out" 2>&1 & }
+# Processes the chaos loop kills are started in a subshell, so that no job notice reports them.
+start_peer() { (nginx -c "$WORK/peer$1.conf" -p "$WORK" >>"$WORK/peer$1.out" 2>&1 &); }
 for i in 0 1 2; do peer_conf "$i"; start_peer "$i"; wait_port "${PEERS[$i]}"; done
 
 # --- the identity provider: two RSA keys, a JWKS served by a small HTTP server -----------------------
@@ -124,17 +125,17 @@ publish_jwks() { # publish_jwks KID...: the served set, replaced by rename
 mkdir -p "$WORK/idp/www"
 publish_jwks k1
 start_jwks() {
-    python3 -m http.server --bind 127.0.0.1 --directory "$WORK/idp/www" "$JWKS" >>"$WORK/jwks.log" 2>&1 &
-    echo $! >"$WORK/pids/jwks"
+    (python3 -m http.server --bind 127.0.0.1 --directory "$WORK/idp/www" "$JWKS" >>"$WORK/jwks.log" 2>&1 &
+        echo $! >"$WORK/pids/jwks")
 }
 start_jwks
 wait_port "$JWKS"
 
 # --- redis (append-only, so shared revocations survive its restarts) -------------------------------
 start_redis() {
-    redis-server --port "$REDIS" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes --save "" \
+    (redis-server --port "$REDIS" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes --save "" \
         >>"$WORK/redis.log" 2>&1 &
-    echo $! >"$WORK/pids/redis"
+        echo $! >"$WORK/pids/redis")
 }
 start_redis
 wait_port "$REDIS"
@@ -160,7 +161,8 @@ write_revoked() {
 }
 write_revoked
 
-# --- the gateway's config: VARIANT changes one route, so every reload swaps a new policy ------------
+# --- the gateway's config: VARIANT (0 or 1) changes one route, so every reload swaps in a new
+# policy (two names only: each route name ever loaded keeps its metric series) ----------------------
 write_config() { # write_config VARIANT [invalid]
     cat >"$WORK/portcullis.yaml.tmp" <<CONF
 server:
@@ -290,7 +292,7 @@ H2_FORGED=$!
 # --- the chaos loop -------------------------------------------------------------------------------
 event() { # event SECOND: what the schedule does at that second
     local t=$1 victim serial
-    if ((t % 10 == 0)); then variant=$((variant + 1)); write_config "$variant"; reload valid; fi
+    if ((t % 10 == 0)); then variant=$((1 - variant)); write_config "$variant"; reload valid; fi
     if ((t % 60 == 35)); then write_config "$variant" invalid; reload invalid; write_config "$variant"; fi
     if ((t % 20 == 5)); then
         victim=$(((t / 20) % 3)); kill -9 "$(cat "$WORK/pids/peer$victim")"; log "peer $victim killed"
