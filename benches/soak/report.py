@@ -65,9 +65,12 @@ answered = sum(int(c.get("200", 0)) for c in seen.values()) + h2.get("h2_valid",
 
 # 3. Memory and descriptors.
 rss_warm, rss_end = env("RSS_WARM"), env("RSS_END")
-check("RSS at the end within 10% of RSS after warm-up", rss_end <= rss_warm * 1.10,
+# Caches, pools and the allocator are still filling for the first minutes: the RSS check is
+# judged on runs of 5 minutes or more (60 s warm-up) and only reported on shorter ones.
+judged = env("DURATION") >= 300
+check("RSS at the end within 10% of RSS after warm-up", rss_end <= rss_warm * 1.10 or not judged,
       f"{rss_warm / 1024:.1f} MiB after warm-up, {rss_end / 1024:.1f} MiB at the end "
-      f"({(rss_end / rss_warm - 1) * 100:+.1f}%)")
+      f"({(rss_end / rss_warm - 1) * 100:+.1f}%)" + ("" if judged else "; not judged: run under 300 s"))
 fd_before, fd_after = env("FD_BEFORE"), env("FD_AFTER")
 check("open descriptors back to their level before the load", fd_after <= fd_before,
       f"{fd_before} before the load, {fd_after} after it stopped")
