@@ -12,7 +12,7 @@
 use super::client_ip::Trusted;
 use super::proxy_protocol;
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora_core::listeners::PreTlsProcess;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -140,10 +140,44 @@ impl<A> Front<A> {
     }
 }
 
+/// One HTTP/1 request of the app behind a [`Front`], which runs the keep-alive loop itself.
+pub trait Http1App: HttpServerApp + Send + Sync + 'static {
+    /// Serve one request on `session`; give the connection back for the next one.
+    fn serve_one<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a;
+}
+
+/// The proxy: awaited inline (our patched pingora-proxy's `serve_http`), so that the request's
+/// state machine lives in the connection's future instead of a box allocated, and the whole
+/// state copied into it, on every request.
+impl Http1App for pingora_proxy::HttpProxy<crate::proxy::Gateway> {
+    fn serve_one<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        self.serve_http(session, shutdown)
+    }
+}
+
+/// The https redirect: Pingora's boxed trait method (a tiny future).
+impl Http1App for pingora_core::apps::http_app::HttpServer<super::redirect::Redirect> {
+    fn serve_one<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        self.process_new_http(session, shutdown)
+    }
+}
+
 #[async_trait]
 impl<A> ServerApp for Front<A>
 where
-    A: HttpServerApp + Send + Sync + 'static,
+    A: Http1App,
 {
     async fn process_new(
         self: &Arc<Self>,
@@ -209,7 +243,7 @@ where
                 .server_options()
                 .and_then(|o| o.keepalive_request_limit),
         );
-        let mut reused = self.app.process_new_http(session, shutdown).await;
+        let mut reused = self.app.serve_one(session, shutdown).await;
         while let Some((stream, settings)) = reused.map(|r| r.consume()) {
             let stream: Stream = match stream.into_any().downcast::<Guarded>() {
                 Ok(mut g) => {
@@ -222,7 +256,7 @@ where
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            reused = self.app.process_new_http(session, shutdown).await;
+            reused = self.app.serve_one(session, shutdown).await;
         }
         None
     }
