@@ -75,7 +75,7 @@ NG=$(port)
 nginx_proxy_conf proxy "$NG"
 
 # --- HAProxy: one process, a frontend per row: plain, and jwt_verify per algorithm (alg pinned,
-# exp checked) ---------------------------------------------------------------------------------
+# exp and iss checked) ------------------------------------------------------------------------
 HA_PLAIN=$(port); HA_HS=$(port); HA_RS=$(port); HA_ES=$(port)
 {
     haproxy_head
