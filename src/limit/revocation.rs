@@ -43,7 +43,17 @@ pub fn parse_file(text: &str) -> Result<RevocationSet, String> {
     if text.trim().is_empty() {
         return Ok(RevocationSet::default());
     }
-    let f: FileFormat = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    // JSON is read as JSON: libyaml refuses raw characters that JSON allows in strings (DEL,
+    // C1 controls), so a valid JSON file written by a tool could otherwise be refused.
+    let json = text
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<FileFormat>(text).ok())
+        .flatten();
+    let f: FileFormat = match json {
+        Some(f) => f,
+        None => serde_yaml::from_str(text).map_err(|e| e.to_string())?,
+    };
     Ok(RevocationSet {
         sub: f.sub.into_iter().collect(),
         jti: f.jti.into_iter().collect(),
@@ -143,6 +153,23 @@ impl Revocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `revocation` fuzz target: YAML escapes can put a DEL or a C1 control in a
+    /// value; written back out as JSON (raw, as JSON allows), the file was refused, because it
+    /// was read with the YAML parser only.
+    #[test]
+    fn json_with_characters_yaml_refuses_raw_is_read() {
+        let json = "{\"sub\": [\"a\u{7f}b\", \"c\u{80}d\"], \"jti\": [\"\u{9f}\"]}";
+        assert!(serde_yaml::from_str::<FileFormat>(json).is_err(), "libyaml refuses it");
+        let set = parse_file(json).unwrap();
+        assert!(set.sub.contains("a\u{7f}b") && set.sub.contains("c\u{80}d"));
+        assert!(set.jti.contains("\u{9f}"));
+        // The same entries as YAML escapes read the same.
+        let yaml = "sub: [\"a\\x7fb\", \"c\\x80d\"]\njti: [\"\\x9f\"]\n";
+        assert_eq!(parse_file(yaml).unwrap(), set);
+        // And a YAML flow mapping that is not JSON still reads as YAML.
+        assert_eq!(parse_file("{sub: [x]}").unwrap().sub.len(), 1);
+    }
 
     #[test]
     fn file_format() {
