@@ -160,7 +160,10 @@ mod tests {
     #[test]
     fn json_with_characters_yaml_refuses_raw_is_read() {
         let json = "{\"sub\": [\"a\u{7f}b\", \"c\u{80}d\"], \"jti\": [\"\u{9f}\"]}";
-        assert!(serde_yaml::from_str::<FileFormat>(json).is_err(), "libyaml refuses it");
+        assert!(
+            serde_yaml::from_str::<FileFormat>(json).is_err(),
+            "libyaml refuses it"
+        );
         let set = parse_file(json).unwrap();
         assert!(set.sub.contains("a\u{7f}b") && set.sub.contains("c\u{80}d"));
         assert!(set.jti.contains("\u{9f}"));
