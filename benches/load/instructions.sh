@@ -28,8 +28,6 @@ hs_routes_config
 
 NG=$(port)
 nginx_proxy_conf proxy "$NG"
-# nginx's worker must be the process callgrind watches: no master.
-sed -i 's/^daemon off;$/daemon off;\nmaster_process off;/' "$WORK/proxy.conf"
 HA_PLAIN=$(port); HA_HS=$(port)
 {
     haproxy_head
@@ -77,7 +75,8 @@ row() { # row NAME URL TOKEN PROGRAM...
 GATEWAY=("$BIN" run -c "$WORK/portcullis.yaml")
 G="http://127.0.0.1:$GW"
 if [ "${ONLY:-}" != portcullis ]; then
-    row "nginx plain proxy" "http://127.0.0.1:$NG/x" "" nginx -c "$WORK/proxy.conf" -p "$WORK"
+    # nginx's worker must be the process callgrind watches: no master.
+    row "nginx plain proxy" "http://127.0.0.1:$NG/x" "" nginx -c "$WORK/proxy.conf" -p "$WORK" -g "master_process off;"
     STOP=TERM row "haproxy plain proxy" "http://127.0.0.1:$HA_PLAIN/x" "" haproxy -db -f "$WORK/haproxy.cfg"
     STOP=TERM row "haproxy jwt_verify HS256" "http://127.0.0.1:$HA_HS/x" "$TOKEN" haproxy -db -f "$WORK/haproxy.cfg"
 fi

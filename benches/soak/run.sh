@@ -277,12 +277,13 @@ END=$((T0 + DURATION))
 # --- the load -------------------------------------------------------------------------------------
 python3 "$SOAK/load.py" "$WORK/plan.json" "$DURATION" "$WORK/load.json" &
 LOAD_PID=$!
+H2_REQUESTS=200 # per h2load run
 h2_loop() { # h2_loop NAME TOKEN PATH: h2load runs of new TLS connections until the end
     while [ "$(date +%s)" -lt "$END" ]; do
-        h2load -n 200 -c 2 -m 8 -H "authorization: Bearer $2" -H "x-soak-kind: $1" \
+        h2load -n "$H2_REQUESTS" -c 2 -m 8 -H "authorization: Bearer $2" -H "x-soak-kind: $1" \
             "https://127.0.0.1:$GW_TLS$3" 2>&1 |
-            awk -v k="$1" '/^requests:/ {n=$2; d=$6; e=$12; t=$14} /^status codes:/ {s2=$3; s4=$7; s5=$9}
-                END {print k, n+0, d+0, s2+0, s4+0, s5+0, e+0, t+0}' >>"$WORK/h2.log"
+            awk -v k="$1" -v n="$H2_REQUESTS" '/^requests:/ {d=$6; e=$12; t=$14} /^status codes:/ {s2=$3; s4=$7; s5=$9}
+                END {print k, n, d+0, s2+0, s4+0, s5+0, e+0, t+0}' >>"$WORK/h2.log"
         sleep 0.5
     done
 }

@@ -142,12 +142,15 @@ impl<A> Front<A> {
 
 /// One HTTP/1 request of the app behind a [`Front`], which runs the keep-alive loop itself.
 pub trait Http1App: HttpServerApp + Send + Sync + 'static {
-    /// Serve one request on `session`; give the connection back for the next one.
+    /// Serve one request on `session`; give the connection back for the next one. By default
+    /// Pingora's trait method, whose future is boxed per request (fine for a tiny app).
     fn serve_one<'a>(
         self: &'a Arc<Self>,
         session: ServerSession,
         shutdown: &'a ShutdownWatch,
-    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a;
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        self.process_new_http(session, shutdown)
+    }
 }
 
 /// The proxy: awaited inline (our patched pingora-proxy's `serve_http`), so that the request's
@@ -163,16 +166,8 @@ impl Http1App for pingora_proxy::HttpProxy<crate::proxy::Gateway> {
     }
 }
 
-/// The https redirect: Pingora's boxed trait method (a tiny future).
-impl Http1App for pingora_core::apps::http_app::HttpServer<super::redirect::Redirect> {
-    fn serve_one<'a>(
-        self: &'a Arc<Self>,
-        session: ServerSession,
-        shutdown: &'a ShutdownWatch,
-    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
-        self.process_new_http(session, shutdown)
-    }
-}
+/// The https redirect: the default (its future is tiny).
+impl Http1App for pingora_core::apps::http_app::HttpServer<super::redirect::Redirect> {}
 
 #[async_trait]
 impl<A> ServerApp for Front<A>

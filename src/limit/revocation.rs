@@ -45,11 +45,11 @@ pub fn parse_file(text: &str) -> Result<RevocationSet, String> {
     }
     // JSON is read as JSON: libyaml refuses raw characters that JSON allows in strings (DEL,
     // C1 controls), so a valid JSON file written by a tool could otherwise be refused.
-    let json = text
-        .trim_start()
-        .starts_with('{')
-        .then(|| serde_json::from_str::<FileFormat>(text).ok())
-        .flatten();
+    let json = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).ok()
+    } else {
+        None
+    };
     let f: FileFormat = match json {
         Some(f) => f,
         None => serde_yaml::from_str(text).map_err(|e| e.to_string())?,
