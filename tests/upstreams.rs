@@ -259,3 +259,91 @@ fn tls_to_the_upstream_with_sni_and_verification() {
     let gw = tls_gateway(up.port, "{sni: upstream.test, verify: false}", &[]);
     assert_eq!(gw.get("/x", &[]).status, 200);
 }
+
+/// A keep-alive upstream that counts its connections and closes one after `idle` without a
+/// request, as nginx's `keepalive_timeout` does.
+fn counting_upstream(
+    idle: Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(idle)).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: a header, and a body of the declared length.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return, // closed by the gateway, or idle
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + 4 + length {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + length);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn keepalive_upstream_connections_are_reused_and_a_closed_one_is_replaced() {
+    use std::sync::atomic::Ordering;
+    let (up, accepted) = counting_upstream(Duration::from_millis(300));
+    let gw = Gateway::start(&format!(
+        "upstreams: {{api: {{peers: [\"{up}\"]}}}}\nroutes:\n  - {{prefix: /, upstream: api}}\n"
+    ));
+    // One after the other: each goes up on the connection the last one left in the pool.
+    for _ in 0..5 {
+        let r = gw.get("/x", &[]);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the pooled connection was not reused"
+    );
+    // The upstream closes the idle connection; the next request, a POST that may not be
+    // retried, must find that out before it sends and go up on a new connection.
+    std::thread::sleep(Duration::from_millis(800));
+    let r = request(gw.addr, "POST", "/x", &[], Some(b"payload"));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"ok"[..]),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    let r = gw.get("/x", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the new connection was not pooled"
+    );
+}

@@ -322,6 +322,16 @@ impl TransportConnector {
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
         let stream = Arc::new(Mutex::new(stream));
+        if idle_timeout.is_none() {
+            // Without an idle timeout there is nothing to wait for but the peer closing the
+            // connection or sending unprompted data, and `reused_stream` tests for both
+            // (`test_reusable_stream`) before it hands the connection out. So no idle watcher
+            // task: spawning one per release cost a task, a channel and a poll on every
+            // keep-alive request. A connection the peer closes while it idles keeps its fd
+            // until it is next picked (and found closed) or the pool's LRU evicts it.
+            let _ = self.connection_pool.put(&meta, stream);
+            return;
+        }
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
