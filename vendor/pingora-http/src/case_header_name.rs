@@ -38,6 +38,37 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// The header's name and the case to write it in. By default the name is parsed from the
+    /// case form; a type that already holds a parsed name hands it over instead, which saves
+    /// parsing (and, for a name that is not a standard header, allocating) it again.
+    /// `None` if the name is not a valid header name.
+    fn into_names(self) -> Option<(HeaderName, CaseHeaderName)>
+    where
+        Self: Sized,
+    {
+        let case = self.into_case_header_name();
+        let name = HeaderName::from_bytes(case.as_slice()).ok()?;
+        Some((name, case))
+    }
+}
+
+/// A parsed name with the case to write it in, e.g.
+/// `(HeaderName::from_static("x-forwarded-for"), "X-Forwarded-For")`: inserted without parsing
+/// or allocating. The two must be the same name but for case; `into_names` refuses a pair
+/// that is not.
+impl IntoCaseHeaderName for (HeaderName, &'static str) {
+    fn into_case_header_name(self) -> CaseHeaderName {
+        CaseHeaderName(Bytes::from_static(self.1.as_bytes()))
+    }
+
+    fn into_names(self) -> Option<(HeaderName, CaseHeaderName)> {
+        let (name, case) = self;
+        if !name.as_str().eq_ignore_ascii_case(case) {
+            return None;
+        }
+        Some((name, CaseHeaderName(Bytes::from_static(case.as_bytes()))))
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -62,11 +93,20 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    fn into_names(self) -> Option<(HeaderName, CaseHeaderName)> {
+        let case = CaseHeaderName(titled_header_name(&self));
+        Some((self, case))
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    fn into_names(self) -> Option<(HeaderName, CaseHeaderName)> {
+        Some((self.clone(), CaseHeaderName(titled_header_name(self))))
     }
 }
 
