@@ -8,12 +8,22 @@ use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
-// Written as static strings: Pingora's insert_header then keeps the given case without
-// building a title-cased copy of the name on every request.
-const XFF: &str = "X-Forwarded-For";
-const XFP: &str = "X-Forwarded-Proto";
-const XFH: &str = "X-Forwarded-Host";
-const XRI: &str = "X-Real-IP";
+// Each a parsed name with the case it is written in: Pingora's insert_header (patch 3,
+// docs/pingora-patches.md) then neither parses nor allocates the name on every request.
+type Named = (HeaderName, &'static str);
+const XFF: Named = (
+    HeaderName::from_static("x-forwarded-for"),
+    "X-Forwarded-For",
+);
+const XFP: Named = (
+    HeaderName::from_static("x-forwarded-proto"),
+    "X-Forwarded-Proto",
+);
+const XFH: Named = (
+    HeaderName::from_static("x-forwarded-host"),
+    "X-Forwarded-Host",
+);
+const XRI: Named = (HeaderName::from_static("x-real-ip"), "X-Real-IP");
 
 /// Who sent the request, as the upstream is told.
 pub struct Origin {
@@ -34,7 +44,7 @@ pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()>
         (Some(p), true) => {
             let before: Vec<&str> = up
                 .headers
-                .get_all(XFF)
+                .get_all(&XFF.0)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
@@ -47,7 +57,7 @@ pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()>
         (Some(p), false) => Some(p.clone()),
         (None, _) => None,
     };
-    up.remove_header(XFF);
+    up.remove_header(&XFF.0);
     let real_ip = match (o.client, &xff) {
         (Some(c), Some(v)) if Some(c) == o.peer && !o.trusted_peer => Some(v.clone()),
         (Some(c), _) => Some(c.to_string()),
@@ -56,21 +66,21 @@ pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()>
     if let Some(v) = xff {
         up.insert_header(XFF, v)?;
     }
-    if !(o.trusted_peer && up.headers.contains_key(XFP)) {
+    if !(o.trusted_peer && up.headers.contains_key(&XFP.0)) {
         up.insert_header(XFP, if o.tls { "https" } else { "http" })?;
     }
-    if !(o.trusted_peer && up.headers.contains_key(XFH)) {
+    if !(o.trusted_peer && up.headers.contains_key(&XFH.0)) {
         match up.headers.get(http::header::HOST).cloned() {
             Some(h) => up.insert_header(XFH, h)?,
             None => {
-                up.remove_header(XFH);
+                up.remove_header(&XFH.0);
             }
         }
     }
     match real_ip {
         Some(c) => up.insert_header(XRI, c)?,
         None => {
-            up.remove_header(XRI);
+            up.remove_header(&XRI.0);
         }
     }
     Ok(())
@@ -131,6 +141,19 @@ mod tests {
     }
 
     #[test]
+    fn a_named_header_must_be_the_same_name_but_for_case() {
+        // Pingora patch 3: a parsed name with its wire case is taken as it is, so one that
+        // would put another name on the wire than in the map must be refused.
+        let mut up = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(up
+            .insert_header((HeaderName::from_static("x-a"), "X-B"), "v")
+            .is_err());
+        assert!(up.headers.is_empty());
+        up.insert_header(XRI, "192.0.2.1").unwrap();
+        assert_eq!(up.headers["x-real-ip"], "192.0.2.1");
+    }
+
+    #[test]
     fn forwarded_headers() {
         let mut up = RequestHeader::build("GET", b"/", None).unwrap();
         up.insert_header("host", "api.example.com").unwrap();
@@ -147,6 +170,22 @@ mod tests {
         assert_eq!(up.headers["x-forwarded-proto"], "https");
         assert_eq!(up.headers["x-forwarded-host"], "api.example.com");
         assert_eq!(up.headers["x-real-ip"], "198.51.100.1");
+        // On the wire in their usual case, each once.
+        let mut wire = Vec::new();
+        up.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        for line in [
+            "X-Forwarded-For: 198.51.100.1\r\n",
+            "X-Forwarded-Proto: https\r\n",
+            "X-Forwarded-Host: api.example.com\r\n",
+            "X-Real-IP: 198.51.100.1\r\n",
+        ] {
+            assert_eq!(wire.matches(line).count(), 1, "{line:?} in {wire:?}");
+        }
+        assert!(
+            !wire.contains("6.6.6.6") && !wire.contains("gopher"),
+            "{wire}"
+        );
 
         let mut up = RequestHeader::build("GET", b"/", None).unwrap();
         up.insert_header("x-forwarded-for", "203.0.113.5").unwrap();
