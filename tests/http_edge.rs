@@ -41,6 +41,39 @@ fn forwarded_headers_without_trusted_proxies_name_the_peer() {
 }
 
 #[test]
+fn hop_by_hop_fields_never_reach_the_upstream() {
+    let echo = echo();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api: {{peers: [\"{}\"]}}\nroutes:\n  - {{prefix: /, upstream: api}}\n",
+        echo.addr
+    ));
+    let hop_by_hop = [
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+        ("Proxy-Authenticate", "Basic"),
+        ("TE", "trailers"),
+        ("Trailer", "X-Checksum"),
+        ("Upgrade", "h2c"),
+        ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ("Connection", "X-Drop-Me"),
+        ("X-Drop-Me", "nominated by Connection"),
+    ];
+    let mut headers = hop_by_hop.to_vec();
+    headers.push(("X-Kept", "end to end"));
+    let r = gw.get("/x", &headers);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for (name, _) in hop_by_hop {
+        assert_eq!(
+            r.upstream_headers(&name.to_ascii_lowercase()),
+            Vec::<String>::new(),
+            "{name} reached the upstream"
+        );
+    }
+    assert_eq!(r.upstream_headers("x-kept"), ["end to end"]);
+}
+
+#[test]
 fn behind_a_trusted_proxy_the_client_is_the_right_most_untrusted_address() {
     let echo = echo();
     let dir = temp_dir();
