@@ -7,9 +7,8 @@ pub mod health;
 pub use health::{HealthCheck, HealthKind};
 
 use arc_swap::ArcSwap;
-use pingora_load_balancing::discovery::Static;
-use pingora_load_balancing::selection::{Consistent, RoundRobin};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
+use pingora_load_balancing::Backend;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -60,9 +59,11 @@ impl Default for PeerSettings {
     }
 }
 
+/// Pingora's selection algorithms on their own: the health they would look up by a hashed key
+/// is ours (`Members::health`, by position), so their `LoadBalancer` wrapper is not used.
 enum Selector {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Hash(LoadBalancer<Consistent>),
+    RoundRobin(Arc<RoundRobin>),
+    Hash(Arc<Consistent>),
 }
 
 /// Health of one peer as the checks see it.
@@ -184,11 +185,7 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-fn lb<S>(peers: &[(SocketAddr, u32)]) -> LoadBalancer<S>
-where
-    S: pingora_load_balancing::selection::BackendSelection + 'static,
-    S::Iter: pingora_load_balancing::selection::BackendIter,
-{
+fn selection<S: BackendSelection>(peers: &[(SocketAddr, u32)]) -> Arc<S> {
     let backends: BTreeSet<Backend> = peers
         .iter()
         .map(|(addr, w)| {
@@ -196,10 +193,22 @@ where
                 .expect("a SocketAddr is a valid backend address")
         })
         .collect();
-    let lb = LoadBalancer::from_backends(Backends::new(Static::new(backends)));
-    // Static discovery never blocks or fails: this only builds the selector.
-    let _ = futures_now(lb.update());
-    lb
+    Arc::new(S::build(&backends))
+}
+
+/// The first of at most `limit` candidates the selection offers that `accept` takes.
+fn first(
+    mut candidates: impl BackendIter,
+    limit: usize,
+    accept: impl Fn(&SocketAddr) -> bool,
+) -> Option<SocketAddr> {
+    for _ in 0..limit {
+        let b = candidates.next()?;
+        if let Some(addr) = b.addr.as_inet().filter(|a| accept(a)) {
+            return Some(*addr);
+        }
+    }
+    None
 }
 
 impl Pool {
@@ -233,8 +242,8 @@ impl Pool {
     /// A member set; peers that were in `before` keep their health.
     fn members(peers: Vec<(SocketAddr, u32)>, hashed: bool, before: Option<&Members>) -> Members {
         let selector = match hashed {
-            false => Selector::RoundRobin(lb(&peers)),
-            true => Selector::Hash(lb(&peers)),
+            false => Selector::RoundRobin(selection(&peers)),
+            true => Selector::Hash(selection(&peers)),
         };
         let health = peers
             .iter()
@@ -306,27 +315,11 @@ impl Pool {
     pub fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
         let members = self.members.load();
         let limit = 16 + members.peers.len() * 2;
-        let accept = |b: &Backend, ready: bool| {
-            ready
-                && b.addr
-                    .as_inet()
-                    .is_some_and(|a| !avoid.contains(a) && members.is_healthy(a))
-        };
-        let chosen = match &members.selector {
-            Selector::RoundRobin(lb) => lb.select_with(b"", limit, accept),
-            Selector::Hash(lb) => lb.select_with(key, limit, accept),
-        };
-        chosen.and_then(|b| b.addr.as_inet().copied())
-    }
-}
-
-/// Poll a future that is known to complete without waiting.
-fn futures_now<F: std::future::Future>(f: F) -> Option<F::Output> {
-    use std::task::{Context, Poll, Waker};
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
+        let accept = |a: &SocketAddr| !avoid.contains(a) && members.is_healthy(a);
+        match &members.selector {
+            Selector::RoundRobin(s) => first(s.iter(b""), limit, accept),
+            Selector::Hash(s) => first(s.iter(key), limit, accept),
+        }
     }
 }
 
