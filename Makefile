@@ -8,11 +8,14 @@ deps:
 demo: deps
 	cargo run --release -- demo
 
-# Unit and end-to-end tests; the alert rules checked and unit-tested by promtool.
+# Unit and end-to-end tests; the alert rules checked and unit-tested by promtool; the unit tests
+# of the vendored Pingora crate whose patch changes its own tests (docs/pingora-patches.md).
 test: deps
 	promtool check rules conf/prometheus/alerts.yaml
 	promtool test rules conf/prometheus/alerts.test.yaml
 	cargo test
+	cargo test --locked --manifest-path vendor/pingora-pool/Cargo.toml \
+		--target-dir "$${CARGO_TARGET_DIR:-target}/vendor-tests"
 
 bench: deps
 	cargo bench

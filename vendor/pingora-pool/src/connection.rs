@@ -19,6 +19,7 @@ use log::{debug, warn};
 use parking_lot::Mutex;
 use pingora_timeout::{sleep, timeout};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,12 +52,13 @@ impl ConnectionMeta {
 }
 
 struct PoolConnection<S> {
-    pub notify_use: oneshot::Sender<bool>,
+    /// `None` when no idle watcher waits for the connection (see [`ConnectionPool::put_unwatched`]).
+    pub notify_use: Option<oneshot::Sender<bool>>,
     pub connection: S,
 }
 
 impl<S> PoolConnection<S> {
-    pub fn new(notify_use: oneshot::Sender<bool>, connection: S) -> Self {
+    pub fn new(notify_use: Option<oneshot::Sender<bool>>, connection: S) -> Self {
         PoolConnection {
             notify_use,
             connection,
@@ -65,11 +67,41 @@ impl<S> PoolConnection<S> {
 
     pub fn release(self) -> S {
         // notify the idle watcher to release the connection
-        let _ = self.notify_use.send(true);
+        if let Some(notify_use) = self.notify_use {
+            let _ = notify_use.send(true);
+        }
         // wait for the watcher to release
         self.connection
     }
 }
+
+/// Hasher for the group-key index. A [`GroupKey`] is normally already a hash (a peer's
+/// `reuse_hash`), so one multiply to spread poorly distributed keys is all it needs; SipHash on
+/// every get and put was measurable on a keep-alive proxy's per-request profile.
+#[derive(Default)]
+struct GroupKeyHasher(u64);
+
+impl Hasher for GroupKeyHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        let folded = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = folded ^ (folded >> 32);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type GroupKeyBuildHasher = BuildHasherDefault<GroupKeyHasher>;
 
 use crossbeam_queue::ArrayQueue;
 
@@ -186,8 +218,10 @@ type Pool<S> = PoolNode<PoolConnection<S>>;
 /// be picked up by another user/request.
 pub struct ConnectionPool<S> {
     // Concurrent per-key pool index; each value handles per-key connection storage.
-    pools: DashMap<GroupKey, Arc<Pool<S>>>,
+    pools: DashMap<GroupKey, Arc<Pool<S>>, GroupKeyBuildHasher>,
     lru: Lru<ID, ConnectionMeta>,
+    // the number of nodes above which a new node first sweeps out the empty ones
+    sweep_above: usize,
 }
 
 impl<S> ConnectionPool<S> {
@@ -197,8 +231,9 @@ impl<S> ConnectionPool<S> {
     /// or above `size`, the least recently used connection is dropped.
     pub fn new(size: usize) -> Self {
         ConnectionPool {
-            pools: DashMap::with_capacity(size),
+            pools: DashMap::with_capacity_and_hasher(size, GroupKeyBuildHasher::default()),
             lru: Lru::new(size),
+            sweep_above: size.max(8).saturating_mul(2),
         }
     }
 
@@ -206,7 +241,24 @@ impl<S> ConnectionPool<S> {
     ///
     /// Holding the guard through [`PoolNode::insert`] prevents empty-node cleanup
     /// from removing the map entry between looking it up and repopulating it.
+    ///
+    /// A node emptied by [`Self::get`] stays in the map, so that a key whose connections are
+    /// taken and released in turn (every keep-alive request to one peer) does not free and
+    /// rebuild its node each time. Empty nodes are bounded instead by a sweep: when a new node
+    /// would take the map above `sweep_above` (twice the pool size) nodes, the empty ones are
+    /// removed first. Every non-empty node holds at least one of at most `size` pooled
+    /// connections, so a sweep leaves at most `size` nodes and the next one is at least `size`
+    /// new keys away.
     fn insert_pool_connection(&self, key: GroupKey, id: ID, connection: PoolConnection<S>) {
+        if let Some(pool_node) = self.pools.get(&key) {
+            pool_node.insert(id, connection);
+            // A sweep that ran between the insert and here cannot have removed the node: it
+            // takes the shard's write lock, which the read guard still holds off.
+            return;
+        }
+        if self.pools.len() >= self.sweep_above {
+            self.pools.retain(|_, node| !node.is_empty());
+        }
         let pool_node = self
             .pools
             .entry(key)
@@ -274,23 +326,11 @@ impl<S> ConnectionPool<S> {
     pub fn get(&self, key: &GroupKey) -> Option<S> {
         let pool_node = self.pools.get(key)?.value().clone();
 
-        if let Some((id, connection)) = pool_node.get_any() {
-            self.lru.pop(&id); // the notified is not needed
-
-            // Clean up the now-empty node. This path is important because when a
-            // connection is retrieved (not evicted), the idle_poll/idle_timeout
-            // tasks exit via the watch_use channel and never call pop_closed(),
-            // so pop_evicted's cleanup would never run for this key.
-            if pool_node.is_empty() {
-                self.try_remove_empty_node(*key);
-            }
-
-            Some(connection.release())
-        } else {
-            // The node exists but has no connections. Clean it up.
-            self.try_remove_empty_node(*key);
-            None
-        }
+        // A node this leaves empty stays for the connection's release; the sweep in
+        // `insert_pool_connection` bounds how many empty nodes there can be.
+        let (id, connection) = pool_node.get_any()?;
+        self.lru.pop(&id); // the notified is not needed
+        Some(connection.release())
     }
 
     /// Release a connection to this pool for reuse
@@ -307,9 +347,23 @@ impl<S> ConnectionPool<S> {
             self.pop_evicted(meta);
         }
         let (notify_use, watch_use) = oneshot::channel();
-        let connection = PoolConnection::new(notify_use, connection);
+        let connection = PoolConnection::new(Some(notify_use), connection);
         self.insert_pool_connection(meta.key, meta.id, connection);
         (notify_close, watch_use)
+    }
+
+    /// Release a connection to this pool for reuse with nobody watching it while it idles.
+    ///
+    /// [`Self::put`] returns the eviction notifier and pick-up receiver an idle watcher waits
+    /// on; when no watcher will run (no idle timeout, and the caller tests the connection when it
+    /// takes it back), this saves their allocations and the signalling on [`Self::get`].
+    /// Eviction by the LRU or [`Self::pop_closed`] still removes the connection.
+    pub fn put_unwatched(&self, meta: &ConnectionMeta, connection: S) {
+        let evicted = self.lru.add_unwatched(meta.id, meta.clone());
+        for meta in &evicted {
+            self.pop_evicted(meta);
+        }
+        self.insert_pool_connection(meta.key, meta.id, PoolConnection::new(None, connection));
     }
 
     /// Actively monitor the health of a connection that is already released to this pool
@@ -1026,25 +1080,64 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn test_empty_node_removed_after_get() {
-        // When the last connection is retrieved via get(), the PoolNode should
-        // be cleaned up. This path is distinct from pop_closed because the
-        // idle_poll/idle_timeout tasks exit via the watch_use channel and never
-        // call pop_closed.
+    async fn test_empty_node_kept_after_get_for_the_release() {
+        // get() taking the last connection leaves the node for the release that
+        // usually follows; the node is reused, not rebuilt.
         let meta = ConnectionMeta::new(101, 1);
         let cp: ConnectionPool<String> = ConnectionPool::new(2);
         cp.put(&meta, "v1".to_string());
+        let node = cp.pools.get(&101).unwrap().value().clone();
 
-        assert_eq!(pool_len(&cp), 1);
-
-        let conn = cp.get(&meta.key);
-        assert!(conn.is_some());
-
-        assert_eq!(
-            pool_len(&cp),
-            0,
-            "empty PoolNode should be removed after get() takes the last connection"
+        assert_eq!(cp.get(&meta.key), Some("v1".to_string()));
+        assert_eq!(pool_len(&cp), 1, "the emptied node stays");
+        assert!(
+            cp.get(&meta.key).is_none(),
+            "an empty node hands out nothing"
         );
+
+        cp.put(&meta, "v1 again".to_string());
+        assert!(Arc::ptr_eq(&node, cp.pools.get(&101).unwrap().value()));
+        assert_eq!(cp.get(&meta.key), Some("v1 again".to_string()));
+    }
+
+    #[tokio::test]
+    async fn test_empty_nodes_are_swept_when_new_keys_pile_up() {
+        // Many keys whose connections are taken and never come back: the empty
+        // nodes they leave are swept once the map reaches twice the pool size.
+        let cp: ConnectionPool<String> = ConnectionPool::new(8);
+        for key in 0..1_000u64 {
+            let meta = ConnectionMeta::new(key, key as i32);
+            cp.put_unwatched(&meta, format!("v{key}"));
+            assert_eq!(cp.get(&key), Some(format!("v{key}")));
+            assert!(
+                pool_len(&cp) <= 16,
+                "{} nodes after key {key}",
+                pool_len(&cp)
+            );
+        }
+        // a key that still holds a connection survives the sweeps
+        let kept = ConnectionMeta::new(5_000, 5_000);
+        cp.put_unwatched(&kept, "kept".to_string());
+        for key in 10_000..10_100u64 {
+            let meta = ConnectionMeta::new(key, key as i32);
+            cp.put_unwatched(&meta, "x".to_string());
+            cp.get(&key);
+        }
+        assert_eq!(cp.get(&5_000), Some("kept".to_string()));
+    }
+
+    #[tokio::test]
+    async fn test_put_unwatched_is_evicted_by_the_lru_and_popped_when_closed() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(2);
+        let m1 = ConnectionMeta::new(1, 1);
+        let m2 = ConnectionMeta::new(1, 2);
+        let m3 = ConnectionMeta::new(1, 3);
+        cp.put_unwatched(&m1, "c1".to_string());
+        cp.put_unwatched(&m2, "c2".to_string());
+        cp.put_unwatched(&m3, "c3".to_string()); // evicts c1, the oldest
+        cp.pop_closed(&m2);
+        assert_eq!(cp.get(&1), Some("c3".to_string()));
+        assert!(cp.get(&1).is_none());
     }
 
     #[tokio::test]
@@ -1190,11 +1283,5 @@ mod tests {
         assert_eq!(pool_len(&cp), 1);
         let conn = cp.get(&meta2.key);
         assert_eq!(conn, Some("second".to_string()));
-
-        assert_eq!(
-            pool_len(&cp),
-            0,
-            "node should be cleaned up again after get"
-        );
     }
 }

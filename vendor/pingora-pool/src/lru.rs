@@ -15,13 +15,13 @@
 use core::hash::{Hash, Hasher};
 use lru::LruCache;
 use parking_lot::Mutex;
-use std::collections::hash_map::DefaultHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub struct Node<T> {
-    pub close_notifier: Arc<Notify>,
+    /// `None` for an entry nobody watches (see [`Lru::add_unwatched`]).
+    pub close_notifier: Option<Arc<Notify>>,
     pub meta: T,
     order: u64,
 }
@@ -29,14 +29,66 @@ pub struct Node<T> {
 impl<T> Node<T> {
     pub fn new(meta: T) -> Self {
         Node {
-            close_notifier: Arc::new(Notify::new()),
+            close_notifier: Some(Arc::new(Notify::new())),
+            meta,
+            order: 0,
+        }
+    }
+
+    /// A node without a close notifier: no allocation beyond the LRU's own entry.
+    pub fn unwatched(meta: T) -> Self {
+        Node {
+            close_notifier: None,
             meta,
             order: 0,
         }
     }
 
     pub fn notify_close(&self) {
-        self.close_notifier.notify_one();
+        if let Some(notifier) = &self.close_notifier {
+            notifier.notify_one();
+        }
+    }
+}
+
+/// The hasher that picks a key's shard. Only the shard index (a few bits) comes from it and the
+/// keys are connection ids, so a multiply-and-fold is enough; SipHash cost ~100 instructions on
+/// every put and pop.
+#[derive(Default)]
+struct ShardHasher(u64);
+
+impl Hasher for ShardHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n as u64);
+    }
+
+    #[inline]
+    fn write_i32(&mut self, n: i32) {
+        self.write_u64(n as u32 as u64);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // the high bits are the well-mixed ones after a multiply
+        self.0 >> 32
     }
 }
 
@@ -83,7 +135,7 @@ where
 
     #[inline]
     fn shard(&self, key: &K) -> &Mutex<LruCache<K, Node<T>>> {
-        let mut hasher = DefaultHasher::new();
+        let mut hasher = ShardHasher::default();
         key.hash(&mut hasher);
         &self.lrus[(hasher.finish() as usize) % N_SHARDS]
     }
@@ -157,8 +209,16 @@ where
 
     pub fn add(&self, key: K, meta: T) -> (Arc<Notify>, Vec<T>) {
         let node = Node::new(meta);
-        let notifier = node.close_notifier.clone();
+        let notifier = node
+            .close_notifier
+            .clone()
+            .expect("a watched node has a notifier");
         (notifier, self.put(key, node))
+    }
+
+    /// Like [`Self::add`] for an entry nobody waits on: eviction only removes it.
+    pub fn add_unwatched(&self, key: K, meta: T) -> Vec<T> {
+        self.put(key, Node::unwatched(meta))
     }
 
     pub fn pop(&self, key: &K) -> Option<Node<T>> {

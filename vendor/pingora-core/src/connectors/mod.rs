@@ -327,9 +327,11 @@ impl TransportConnector {
             // connection or sending unprompted data, and `reused_stream` tests for both
             // (`test_reusable_stream`) before it hands the connection out. So no idle watcher
             // task: spawning one per release cost a task, a channel and a poll on every
-            // keep-alive request. A connection the peer closes while it idles keeps its fd
-            // until it is next picked (and found closed) or the pool's LRU evicts it.
-            let _ = self.connection_pool.put(&meta, stream);
+            // keep-alive request, and `put_unwatched` makes neither the eviction notifier nor
+            // the pick-up channel a watcher would wait on. A connection the peer closes while
+            // it idles keeps its fd until it is next picked (and found closed) or the pool's
+            // LRU evicts it.
+            self.connection_pool.put_unwatched(&meta, stream);
             return;
         }
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
