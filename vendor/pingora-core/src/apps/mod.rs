@@ -148,6 +148,19 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    /// The keep-alive timeout (seconds) the next request on the connection gets.
+    pub fn keepalive_timeout(&self) -> Option<u64> {
+        self.keepalive_timeout
+    }
+
+    /// Whether bytes read past the end of the previous request wait to be parsed as the next
+    /// request (so an application must not wait for the socket before it serves that request).
+    pub fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix
+            .as_ref()
+            .is_some_and(|prefix| !prefix.is_empty())
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,
