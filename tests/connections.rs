@@ -127,6 +127,54 @@ fn header_timeout_closes_slow_headers_but_not_slow_bodies() {
     assert!(gw.metric("portcullis_connections_dropped_total{reason=\"header_timeout\"}") >= 3.0);
 }
 
+/// An idle keep-alive connection waits for its next request's first bytes before the request's
+/// state is made, and hands what that first read took to the parser: a header larger than that
+/// read, arriving in pieces or all at once, and a pipelined request behind it, all arrive whole.
+#[test]
+fn requests_larger_than_the_first_read_arrive_whole_on_a_reused_connection() {
+    let echo = echo();
+    let gw = Gateway::start(&format!(
+        "  limits: {{max_header_bytes: 64KiB, idle_timeout: 30s}}\n{}",
+        upstream(&echo)
+    ));
+    let big = "b".repeat(20_000);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for path in ["/first", "/second"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+        let (head, rest) = req.as_bytes().split_at(3000);
+        s.write_all(head).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(rest).unwrap();
+        let r = read_response(&mut s).expect("an answer");
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json()["path"], path);
+        assert_eq!(r.upstream_header("x-big").as_deref(), Some(big.as_str()));
+        std::thread::sleep(Duration::from_millis(200)); // idle between requests
+    }
+    // One write: a POST whose header is larger than the first read, its body, and a second
+    // request pipelined behind it.
+    let post = format!(
+        "POST /third HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\nContent-Length: 5\r\n\r\nhello\
+         GET /fourth HTTP/1.1\r\nHost: a\r\n\r\n"
+    );
+    s.write_all(post.as_bytes()).unwrap();
+    let r = read_response(&mut s).expect("the POST's answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"], "hello");
+    assert_eq!(r.upstream_header("x-big").as_deref(), Some(big.as_str()));
+    let r = read_response(&mut s).expect("the pipelined request's answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/fourth");
+    assert_eq!(echo.hits(), 4);
+    // And a client that closes an idle connection is simply gone.
+    drop(s);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GET /fifth HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).expect("a new connection").status, 200);
+}
+
 #[test]
 fn slowloris_does_not_delay_a_normal_client() {
     let echo = echo();
