@@ -117,6 +117,14 @@ pub trait TlsAccept {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         None
     }
+
+    /// This function is called when a TLS handshake fails, with the error, just before the
+    /// connection is dropped (so that an application can count failures by their cause; the
+    /// error's root cause is the TLS library's own error where there is one).
+    /// Note. This is only called by the rustls backend.
+    fn handshake_failed_callback(&self, _error: &pingora_error::Error) {
+        // does nothing by default
+    }
 }
 
 pub type TlsAcceptCallbacks = Box<dyn TlsAccept + Send + Sync>;

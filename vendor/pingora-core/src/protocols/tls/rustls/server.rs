@@ -69,6 +69,18 @@ pub async fn handshake_with_callback<S: IO>(
     io: S,
     callbacks: &(dyn TlsAccept + Send + Sync),
 ) -> Result<TlsStream<S>> {
+    let result = accept_with_callback(acceptor, io, callbacks).await;
+    if let Err(e) = &result {
+        callbacks.handshake_failed_callback(e);
+    }
+    result
+}
+
+async fn accept_with_callback<S: IO>(
+    acceptor: &Acceptor,
+    io: S,
+    callbacks: &(dyn TlsAccept + Send + Sync),
+) -> Result<TlsStream<S>> {
     let mut tls_stream = prepare_tls_stream(acceptor, io).await?;
     let done = Pin::new(&mut tls_stream).start_accept().await?;
     if !done {

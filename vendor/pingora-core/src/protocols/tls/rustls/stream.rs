@@ -314,9 +314,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> InnerStream<T> {
             "TLS accept not available to perform handshake.",
         )?;
 
+        // Keep the I/O error (rustls' own error is inside it) as the cause, not only its text,
+        // so that a handshake failure can be told apart by what went wrong.
         let stream = accept
             .await
-            .explain_err(TLSHandshakeFailure, |e| format!("tls connect error: {e}"))?;
+            .or_err(TLSHandshakeFailure, "tls accept error")?;
         self.stream = Some(RusTlsStream::Server(stream));
         Ok(())
     }
