@@ -7,6 +7,7 @@ mod common;
 use common::certs::{Ca, Leaf};
 use common::*;
 use serde_json::{json, Value};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -605,6 +606,93 @@ fn required_client_certificates_fail_the_handshake_without_one() {
         "portcullis_tls_handshakes_total{{client_cert=\"yes\",listener=\"127.0.0.1:{port}\"}}"
     );
     assert_eq!(m(&done), 1.0);
+    // Both refusals counted as failed handshakes for the client certificate's sake.
+    let refused = format!(
+        "portcullis_tls_handshake_failures_total{{listener=\"127.0.0.1:{port}\",reason=\"client_certificate\"}}"
+    );
+    settles(&gw, &refused, 2.0);
+}
+
+/// Wait (up to 5 s) for `series` to read `want`: a failed handshake is counted by the
+/// gateway's task as it drops the connection, which may be just after the client gave up.
+fn settles(gw: &Gateway, series: &str, want: f64) {
+    for _ in 0..100 {
+        if gw.metric(series) == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{series} is {}, not {want}", gw.metric(series));
+}
+
+/// Every failed handshake is counted once, by why it failed, on the listener it failed on.
+#[test]
+fn failed_handshakes_are_counted_by_reason() {
+    let s = setup();
+    let echo = echo();
+    let (gw, port, _) = gateway(&s, &echo, "");
+    let series = |reason: &str| {
+        format!(
+            "portcullis_tls_handshake_failures_total{{listener=\"127.0.0.1:{port}\",reason=\"{reason}\"}}"
+        )
+    };
+    // Counts from here on: starting the gateway probed the port (a connection closed unused).
+    let reasons = [
+        "closed",
+        "protocol_error",
+        "incompatible",
+        "alert",
+        "client_certificate",
+        "other",
+    ];
+    let before: Vec<f64> = reasons.iter().map(|r| gw.metric(&series(r))).collect();
+    let base = |reason: &str| before[reasons.iter().position(|r| *r == reason).unwrap()];
+    let counted = |reason: &str, more: f64| settles(&gw, &series(reason), base(reason) + more);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Connected and gone.
+    drop(std::net::TcpStream::connect(addr).unwrap());
+    counted("closed", 1.0);
+    // Plaintext HTTP on the TLS port: refused, and nothing reaches the upstream.
+    let mut plain = std::net::TcpStream::connect(addr).unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        .unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"));
+    counted("protocol_error", 1.0);
+    // TLS 1.2 offering only a cipher suite rustls does not have (RSA key exchange).
+    let r = client(
+        port,
+        &["--tls", "1.2", "--ciphers", "AES128-SHA:@SECLEVEL=0"],
+    );
+    assert!(r.get("error").is_some(), "{r}");
+    counted("incompatible", 1.0);
+    // A client that does not trust the certificate it is served ends with an alert.
+    let other_dir = s.dir.join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = Ca::new(&other_dir);
+    let r = client(
+        port,
+        &[
+            "--sni",
+            "api.example.com",
+            "--cafile",
+            other.pem.to_str().unwrap(),
+        ],
+    );
+    assert!(r.get("error").is_some(), "{r}");
+    counted("alert", 1.0);
+    // A good handshake counts none of these.
+    let r = client(port, &["--sni", "api.example.com", "--get", "/x"]);
+    assert_eq!(r["statuses"], json!([200]), "{r}");
+    for (reason, more) in reasons.iter().zip([1.0, 1.0, 1.0, 1.0, 0.0, 0.0]) {
+        assert_eq!(gw.metric(&series(reason)), base(reason) + more, "{reason}");
+    }
+    assert_eq!(echo.hits(), 1);
 }
 
 /// What `openssl s_client` prints for a handshake without a client certificate.

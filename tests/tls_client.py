@@ -2,7 +2,8 @@
 HTTP/1.1 requests on the one connection.
 
 Usage: tls_client.py PORT [--sni NAME] [--alpn P1,P2] [--tls 1.2|1.3] [--cafile F]
-                          [--cert F --key F] [--header "K: V"]... [--get PATH]... [--pause SECONDS]
+                          [--cert F --key F] [--ciphers OPENSSL-LIST] [--header "K: V"]...
+                          [--get PATH]... [--pause SECONDS]
 Prints one JSON object: version, alpn, cert_sha256 (of the leaf), and statuses of the requests.
 Certificates are not verified unless --cafile is given (the tests look at which one was sent).
 """
@@ -16,7 +17,7 @@ import time
 args = sys.argv[1:]
 port = int(args.pop(0))
 sni, alpn, version, cafile, gets, pause = None, None, None, None, [], 0.0
-cert, key, headers = None, None, []
+cert, key, headers, ciphers = None, None, [], None
 proxy = None  # bytes sent before the TLS handshake (a PROXY protocol header)
 while args:
     flag = args.pop(0)
@@ -37,6 +38,8 @@ while args:
         cert = value
     elif flag == "--key":
         key = value
+    elif flag == "--ciphers":
+        ciphers = value
     elif flag == "--header":
         headers.append(value)
     elif flag == "--proxy-v1":
@@ -57,6 +60,8 @@ else:
     ctx.verify_mode = ssl.CERT_NONE
 if alpn:
     ctx.set_alpn_protocols(alpn)
+if ciphers:
+    ctx.set_ciphers(ciphers)
 if cert:
     ctx.load_cert_chain(cert, key)
 if version == "1.2":

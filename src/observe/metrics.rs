@@ -28,6 +28,7 @@ pub struct Metrics {
     pub tls_certificate_reloads: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub tls_client_hellos: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
     pub tls_client_certs_rejected: IntCounterVec,
     pub dns_lookups: IntCounterVec,
     /// 1 while this instance's Redis (`cluster`) answers.
@@ -149,6 +150,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "portcullis_tls_handshakes_total",
             "Completed TLS handshakes, by listener and whether a client certificate was verified.",
             &["listener", "client_cert"],
+        )?,
+        tls_handshake_failures: counter(
+            "portcullis_tls_handshake_failures_total",
+            "Failed TLS handshakes, by listener and reason (closed, incompatible, protocol_error, client_certificate, alert, other).",
+            &["listener", "reason"],
         )?,
         tls_client_hellos: counter(
             "portcullis_tls_client_hellos_total",

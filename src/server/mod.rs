@@ -11,6 +11,7 @@ use crate::observe::Admin;
 use crate::policy::Policy;
 use crate::proxy::{in_flight, Gateway};
 use crate::reload::{Live, Reloader};
+use crate::tls::HandshakeFailure;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
@@ -39,14 +40,20 @@ fn client_listener(addr: &str, proxy_protocol: bool) -> ListenerConfig {
 struct Handshakes {
     ok_with_cert: prometheus::IntCounter,
     ok_without: prometheus::IntCounter,
+    /// By `HandshakeFailure`, in the order of `HandshakeFailure::ALL`.
+    failed: [prometheus::IntCounter; HandshakeFailure::ALL.len()],
 }
 
 impl Handshakes {
     fn new(listener: &str) -> Handshakes {
-        let m = &crate::observe::metrics::metrics().tls_handshakes;
+        let metrics = crate::observe::metrics::metrics();
+        let m = &metrics.tls_handshakes;
+        let failures = &metrics.tls_handshake_failures;
         Handshakes {
             ok_with_cert: m.with_label_values(&[listener, "yes"]),
             ok_without: m.with_label_values(&[listener, "no"]),
+            failed: HandshakeFailure::ALL
+                .map(|reason| failures.with_label_values(&[listener, reason.label()])),
         }
     }
 }
@@ -67,6 +74,12 @@ impl TlsAccept for Handshakes {
                 None
             }
         }
+    }
+
+    fn handshake_failed_callback(&self, error: &pingora_core::Error) {
+        let reason = HandshakeFailure::of(error);
+        self.failed[reason as usize].inc();
+        log::debug!("TLS handshake failed ({}): {error}", reason.label());
     }
 }
 

@@ -25,6 +25,86 @@ use std::time::{Duration, SystemTime};
 /// How often certificate files are looked at.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// Why a TLS handshake failed: the `reason` values of `portcullis_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client closed or reset the connection before the handshake was done.
+    Closed,
+    /// Nothing in common: no shared protocol version, cipher suite, group, signature scheme or
+    /// ALPN protocol (old or misconfigured clients).
+    Incompatible,
+    /// Not TLS, or TLS out of order or corrupt (scanners, plaintext HTTP sent to a TLS port).
+    ProtocolError,
+    /// mTLS: no client certificate where one is required, or one that failed verification.
+    ClientCertificate,
+    /// The client ended the handshake with an alert — typically it does not trust the
+    /// certificate it was served (expired, wrong name, unknown issuer).
+    Alert,
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 6] = [
+        HandshakeFailure::Closed,
+        HandshakeFailure::Incompatible,
+        HandshakeFailure::ProtocolError,
+        HandshakeFailure::ClientCertificate,
+        HandshakeFailure::Alert,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Incompatible => "incompatible",
+            HandshakeFailure::ProtocolError => "protocol_error",
+            HandshakeFailure::ClientCertificate => "client_certificate",
+            HandshakeFailure::Alert => "alert",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// Classify a failed handshake by its root cause: rustls' error (carried inside the I/O
+    /// error the TLS stream returned), or the I/O error itself.
+    pub fn of(e: &pingora_core::Error) -> HandshakeFailure {
+        use rustls::Error as Tls;
+        let root = e.root_cause();
+        let io = root.downcast_ref::<std::io::Error>();
+        let tls = io
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<Tls>())
+            .or_else(|| root.downcast_ref::<Tls>());
+        match tls {
+            Some(
+                Tls::PeerIncompatible(_) | Tls::NoApplicationProtocol | Tls::UnsupportedNameType,
+            ) => HandshakeFailure::Incompatible,
+            Some(Tls::NoCertificatesPresented | Tls::InvalidCertificate(_)) => {
+                HandshakeFailure::ClientCertificate
+            }
+            Some(Tls::AlertReceived(_)) => HandshakeFailure::Alert,
+            Some(
+                Tls::InappropriateMessage { .. }
+                | Tls::InappropriateHandshakeMessage { .. }
+                | Tls::InvalidMessage(_)
+                | Tls::PeerMisbehaved(_)
+                | Tls::PeerSentOversizedRecord
+                | Tls::DecryptError
+                | Tls::InvalidEncryptedClientHello(_),
+            ) => HandshakeFailure::ProtocolError,
+            Some(_) => HandshakeFailure::Other,
+            None => match io.map(std::io::Error::kind) {
+                Some(
+                    std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe,
+                ) => HandshakeFailure::Closed,
+                _ => HandshakeFailure::Other,
+            },
+        }
+    }
+}
+
 /// The rustls crypto provider for every TLS listener: aws-lc-rs, or ring with
 /// `PORTCULLIS_TLS_PROVIDER=ring` (for comparisons; see docs/performance.md).
 pub fn provider() -> &'static Arc<rustls::crypto::CryptoProvider> {
@@ -231,5 +311,82 @@ impl Resolver {
                 },
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HandshakeFailure;
+    use pingora_core::{Error, ErrorType};
+    use std::io;
+
+    /// A handshake error as Pingora's rustls stream returns it: rustls' error inside an I/O
+    /// error, explained twice on the way up.
+    fn failed(cause: io::Error) -> Box<Error> {
+        let inner = Error::because(ErrorType::TLSHandshakeFailure, "tls connect error", cause);
+        Error::because(ErrorType::TLSHandshakeFailure, "TLS accept() failed", inner)
+    }
+
+    fn tls(e: rustls::Error) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn failures_are_classified_by_their_root_cause() {
+        use rustls::{AlertDescription, Error as T, InvalidMessage, PeerIncompatible};
+        let cases = [
+            (
+                tls(T::PeerIncompatible(
+                    PeerIncompatible::NoCipherSuitesInCommon,
+                )),
+                HandshakeFailure::Incompatible,
+            ),
+            (
+                tls(T::NoApplicationProtocol),
+                HandshakeFailure::Incompatible,
+            ),
+            (
+                tls(T::InvalidMessage(InvalidMessage::InvalidContentType)),
+                HandshakeFailure::ProtocolError,
+            ),
+            (
+                tls(T::NoCertificatesPresented),
+                HandshakeFailure::ClientCertificate,
+            ),
+            (
+                tls(T::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                )),
+                HandshakeFailure::ClientCertificate,
+            ),
+            (
+                tls(T::AlertReceived(AlertDescription::UnknownCA)),
+                HandshakeFailure::Alert,
+            ),
+            (tls(T::General("x".into())), HandshakeFailure::Other),
+            (
+                io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof"),
+                HandshakeFailure::Closed,
+            ),
+            (
+                io::Error::from(io::ErrorKind::ConnectionReset),
+                HandshakeFailure::Closed,
+            ),
+            (io::Error::other("something else"), HandshakeFailure::Other),
+        ];
+        for (cause, want) in cases {
+            let shown = cause.to_string();
+            assert_eq!(HandshakeFailure::of(&failed(cause)), want, "{shown}");
+        }
+        // no cause at all
+        let bare = Error::explain(ErrorType::TLSHandshakeFailure, "nothing below");
+        assert_eq!(HandshakeFailure::of(&bare), HandshakeFailure::Other);
+    }
+
+    #[test]
+    fn the_label_order_is_the_discriminant_order() {
+        for (i, reason) in HandshakeFailure::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.label());
+        }
     }
 }
