@@ -616,13 +616,10 @@ fn required_client_certificates_fail_the_handshake_without_one() {
 /// Wait (up to 5 s) for `series` to read `want`: a failed handshake is counted by the
 /// gateway's task as it drops the connection, which may be just after the client gave up.
 fn settles(gw: &Gateway, series: &str, want: f64) {
-    for _ in 0..100 {
-        if gw.metric(series) == want {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{series} is {}, not {want}", gw.metric(series));
+    let what = format!("{series} at {want}");
+    eventually(&what, Duration::from_secs(5), || {
+        (gw.metric(series) == want).then_some(())
+    });
 }
 
 /// Every failed handshake is counted once, by why it failed, on the listener it failed on.
