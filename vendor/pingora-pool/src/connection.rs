@@ -19,7 +19,7 @@ use log::{debug, warn};
 use parking_lot::Mutex;
 use pingora_timeout::{sleep, timeout};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,33 +75,8 @@ impl<S> PoolConnection<S> {
     }
 }
 
-/// Hasher for the group-key index. A [`GroupKey`] is normally already a hash (a peer's
-/// `reuse_hash`), so one multiply to spread poorly distributed keys is all it needs; SipHash on
-/// every get and put was measurable on a keep-alive proxy's per-request profile.
-#[derive(Default)]
-struct GroupKeyHasher(u64);
-
-impl Hasher for GroupKeyHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        let folded = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = folded ^ (folded >> 32);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type GroupKeyBuildHasher = BuildHasherDefault<GroupKeyHasher>;
+/// The group-key map hashes with the pool's cheap hasher (keys are normally already hashes).
+type GroupKeyBuildHasher = BuildHasherDefault<crate::lru::FoldHasher>;
 
 use crossbeam_queue::ArrayQueue;
 

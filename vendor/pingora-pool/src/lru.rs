@@ -51,13 +51,14 @@ impl<T> Node<T> {
     }
 }
 
-/// The hasher that picks a key's shard. Only the shard index (a few bits) comes from it and the
-/// keys are connection ids, so a multiply-and-fold is enough; SipHash cost ~100 instructions on
-/// every put and pop.
+/// A multiply-and-fold hasher for the pool's small integer keys: the LRU's connection ids (only
+/// a shard index, a few bits, is taken from it) and the pool map's group keys (normally already a
+/// hash, a peer's `reuse_hash`). SipHash cost ~100 instructions on every get, put and pop of a
+/// keep-alive proxy's request.
 #[derive(Default)]
-struct ShardHasher(u64);
+pub(crate) struct FoldHasher(u64);
 
-impl Hasher for ShardHasher {
+impl Hasher for FoldHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -67,7 +68,9 @@ impl Hasher for ShardHasher {
 
     #[inline]
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mixed = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // the high bits are the well-mixed ones after a multiply: fold them into the low ones
+        self.0 = mixed ^ (mixed >> 32);
     }
 
     #[inline]
@@ -87,8 +90,7 @@ impl Hasher for ShardHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        // the high bits are the well-mixed ones after a multiply
-        self.0 >> 32
+        self.0
     }
 }
 
@@ -135,7 +137,7 @@ where
 
     #[inline]
     fn shard(&self, key: &K) -> &Mutex<LruCache<K, Node<T>>> {
-        let mut hasher = ShardHasher::default();
+        let mut hasher = FoldHasher::default();
         key.hash(&mut hasher);
         &self.lrus[(hasher.finish() as usize) % N_SHARDS]
     }
