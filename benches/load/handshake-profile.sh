@@ -18,8 +18,7 @@ HANDSHAKES=${HANDSHAKES:-12000}
 need nginx h2load perf openssl taskset python3
 
 start_upstream 1
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.test \
-    -addext subjectAltName=DNS:bench.test -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+bench_cert
 GW=$(port)
 cat >"$WORK/portcullis.yaml" <<CONF
 server: {listen: [{addr: "127.0.0.1:$GW", tls: bench}], threads: 1}

@@ -62,6 +62,11 @@ $2
 CONF
 }
 
+bench_cert() { # bench_cert: one self-signed ECDSA P-256 certificate for bench.test, $WORK/cert.pem and key.pem
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.test \
+        -addext subjectAltName=DNS:bench.test -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+}
+
 start_upstream() { # start_upstream CORE: nginx on a free port, in $UP
     UP=$(port)
     nginx_conf upstream "    keepalive_timeout 300s;

@@ -30,8 +30,7 @@ start_upstream "$LOAD_CORE"
 TOKEN=$("$BIN" token --secret "$SECRET" --alg HS256 --sub user-1234567890 --ttl 2h)
 
 # --- one ECDSA P-256 certificate for all three ------------------------------------------------
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.test \
-    -addext subjectAltName=DNS:bench.test -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+bench_cert
 cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy.pem"
 
 # --- portcullis, twice: aws-lc-rs (the default) and ring ----------------------------------------
