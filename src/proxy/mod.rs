@@ -923,4 +923,36 @@ mod tests {
         r.insert_header("host", "plain").unwrap();
         assert_eq!(request_host(&r), Some("plain"));
     }
+    /// Patch 8: a pooled upstream connection is matched against the peer address its socket
+    /// digest read once, not with a `getpeername` per reuse — and a different peer still does
+    /// not match it.
+    #[test]
+    fn pooled_connections_match_by_their_cached_peer_address() {
+        use pingora_core::protocols::{l4::stream::Stream as L4, GetSocketDigest, SocketDigest};
+        use pingora_core::upstreams::peer::Peer;
+        use std::os::fd::AsRawFd;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let fd = tcp.as_raw_fd();
+            let mut stream: pingora_core::protocols::Stream = Box::new(L4::from(tcp));
+            stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
+            let digest = stream.get_socket_digest().unwrap();
+            assert!(digest.peer_addr.get().is_none());
+
+            assert!(HttpPeer::new(addr, false, String::new()).matches_stream(&stream));
+            assert!(digest.peer_addr.get().is_some(), "read once, then kept");
+            let mut other_port = addr;
+            other_port.set_port(if addr.port() == 1 { 2 } else { addr.port() - 1 });
+            assert!(!HttpPeer::new(other_port, false, String::new()).matches_stream(&stream));
+            let other_host: std::net::SocketAddr =
+                format!("127.0.0.2:{}", addr.port()).parse().unwrap();
+            assert!(!HttpPeer::new(other_host, false, String::new()).matches_stream(&stream));
+        });
+    }
 }

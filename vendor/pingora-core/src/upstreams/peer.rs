@@ -261,6 +261,15 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// Whether a pooled `stream` still leads to this peer, asked before it is reused. The
+    /// default asks the stream's file descriptor ([`Peer::matches_fd`], a `getpeername` call
+    /// each time).
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        use crate::protocols::UniqueID;
+        self.matches_fd(stream.id())
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -852,6 +861,29 @@ impl Peer for HttpPeer {
             proxy.next_hop.check_fd_match(fd)
         } else {
             self.address().check_fd_match(fd)
+        }
+    }
+
+    /// A connected socket's peer never changes, so a direct connection is compared with the
+    /// peer address its socket digest read once (on first use) rather than with a
+    /// `getpeername` per reuse. A socket whose address could not be read is not reused, as
+    /// before; one that has broken since is caught by the pool's readability check.
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        use crate::protocols::{GetSocketDigest, UniqueID};
+        if self.get_proxy().is_some() {
+            return self.matches_fd(stream.id());
+        }
+        let Some(digest) = stream.get_socket_digest() else {
+            return self.matches_fd(stream.id());
+        };
+        match (self.address(), digest.peer_addr()) {
+            // 0.0.0.0 as a destination may reach 127.0.0.1: skipped, as `check_fd_match` does
+            (SocketAddr::Inet(addr), Some(_)) if addr.ip().is_unspecified() && addr.is_ipv4() => {
+                true
+            }
+            (want, Some(peer)) => want == peer,
+            (_, None) => false,
         }
     }
 
