@@ -928,7 +928,7 @@ mod tests {
     /// not match it.
     #[test]
     fn pooled_connections_match_by_their_cached_peer_address() {
-        use pingora_core::protocols::{l4::stream::Stream as L4, GetSocketDigest, SocketDigest};
+        use pingora_core::protocols::{l4::stream::Stream as L4, SocketDigest};
         use pingora_core::upstreams::peer::Peer;
         use std::os::fd::AsRawFd;
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -266,7 +266,6 @@ pub trait Peer: Display + Clone {
     /// each time).
     #[cfg(unix)]
     fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
-        use crate::protocols::UniqueID;
         self.matches_fd(stream.id())
     }
 
@@ -870,7 +869,6 @@ impl Peer for HttpPeer {
     /// before; one that has broken since is caught by the pool's readability check.
     #[cfg(unix)]
     fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
-        use crate::protocols::{GetSocketDigest, UniqueID};
         if self.get_proxy().is_some() {
             return self.matches_fd(stream.id());
         }
