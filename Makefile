@@ -9,13 +9,16 @@ demo: deps
 	cargo run --release -- demo
 
 # Unit and end-to-end tests; the alert rules checked and unit-tested by promtool; the unit tests
-# of the vendored Pingora crate whose patch changes its own tests (docs/pingora-patches.md).
+# of the vendored Pingora crates whose patches change or add to their own tests
+# (docs/pingora-patches.md).
 test: deps
 	promtool check rules conf/prometheus/alerts.yaml
 	promtool test rules conf/prometheus/alerts.test.yaml
 	cargo test
-	cargo test --locked --manifest-path vendor/pingora-pool/Cargo.toml \
-		--target-dir "$${CARGO_TARGET_DIR:-target}/vendor-tests"
+	for crate in pingora-pool pingora-http; do \
+		cargo test --locked --manifest-path vendor/$$crate/Cargo.toml \
+			--target-dir "$${CARGO_TARGET_DIR:-target}/vendor-tests" || exit 1; \
+	done
 
 bench: deps
 	cargo bench

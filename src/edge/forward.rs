@@ -106,6 +106,11 @@ pub struct Decoration<'a> {
 
 impl Decoration<'_> {
     pub fn apply(&self, resp: &mut ResponseHeader) {
+        // Room for ours and the two fields Pingora adds when it writes the header (Date,
+        // Connection): each of the response's maps grows once at most.
+        let rules = self.rules.as_ref().map_or(0, |(r, _)| r.set.len());
+        let cors = if self.cors.is_some() { 4 } else { 0 };
+        resp.reserve(usize::from(self.request_id.is_some()) + cors + rules + 2);
         if let Some((name, id)) = self.request_id {
             let _ = resp.insert_header(name.clone(), id.clone());
         }

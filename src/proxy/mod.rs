@@ -645,6 +645,12 @@ impl ProxyHttp for Gateway {
                 upstream_request.remove_header(h);
             }
         }
+        // Room for what is added below (claim headers, up to four forwarded fields, the request
+        // id, the route's headers, a Host), so each of the request's maps grows once at most
+        // rather than once per field as it fills.
+        upstream_request.reserve(
+            ctx.token.as_ref().map_or(0, |t| t.forward.len()) + 4 + 1 + ctx.set_headers.len() + 1,
+        );
         if let Some(token) = &ctx.token {
             for (h, v) in &token.forward {
                 upstream_request.insert_header(h.clone(), v.clone())?;

@@ -231,6 +231,16 @@ impl RequestHeader {
         )
     }
 
+    /// Make room for `additional` more header names, in the map and in its case map alike, so
+    /// that inserting them grows each map at most once. Asking past the map's maximum size is
+    /// ignored: the insert that would exceed it fails as it would have.
+    pub fn reserve(&mut self, additional: usize) {
+        let _ = self.base.headers.try_reserve(additional);
+        if let Some(map) = self.header_name_map.as_mut() {
+            let _ = map.try_reserve(additional);
+        }
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -583,6 +593,16 @@ impl ResponseHeader {
             name,
             header_value,
         )
+    }
+
+    /// Make room for `additional` more header names, in the map and in its case map alike, so
+    /// that inserting them grows each map at most once. Asking past the map's maximum size is
+    /// ignored: the insert that would exceed it fails as it would have.
+    pub fn reserve(&mut self, additional: usize) {
+        let _ = self.base.headers.try_reserve(additional);
+        if let Some(map) = self.header_name_map.as_mut() {
+            let _ = map.try_reserve(additional);
+        }
     }
 
     /// Remove all headers under the name
@@ -1056,6 +1076,40 @@ mod tests {
         assert_eq!(8, http_header_map_upper_bound(None));
         assert_eq!(16, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    #[test]
+    fn reserved_room_takes_the_inserts_without_growing_either_map() {
+        fn capacities(h: &HMap, case: Option<&CaseMap>) -> (usize, usize) {
+            (h.capacity(), case.map_or(0, |m| m.capacity()))
+        }
+        let mut req = RequestHeader::build("GET", b"/", Some(1)).unwrap();
+        req.insert_header("Host", "a").unwrap();
+        let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
+        resp.insert_header("Server", "b").unwrap();
+        req.reserve(12);
+        resp.reserve(12);
+        let before = (
+            capacities(&req.headers, req.header_name_map.as_ref()),
+            capacities(&resp.headers, resp.header_name_map.as_ref()),
+        );
+        assert!(before.0 .0 >= 13 && before.0 .1 >= 13, "{before:?}");
+        for i in 0..12 {
+            req.insert_header(format!("X-Added-{i}"), "v").unwrap();
+            resp.insert_header(format!("X-Added-{i}"), "v").unwrap();
+        }
+        let after = (
+            capacities(&req.headers, req.header_name_map.as_ref()),
+            capacities(&resp.headers, resp.header_name_map.as_ref()),
+        );
+        assert_eq!(before, after);
+        // the wire form keeps each name's case, as without the reserve
+        let mut buf = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert!(buf.starts_with(b"Host: a\r\nX-Added-0: v\r\n"));
+        // past the maximum size, asking is ignored rather than a panic
+        req.reserve(usize::MAX / 2);
+        assert_eq!(req.headers.len(), 13);
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// Room left in a parsed header's maps for the fields a proxy adds before it sends the header on
+/// (forwarded fields, a request id, `Date`, `Connection`), so that adding them does not rehash
+/// the maps, and a clone of the map keeps the room in its index.
+pub(crate) const ADDED_FIELDS_HEADROOM: usize = 8;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";

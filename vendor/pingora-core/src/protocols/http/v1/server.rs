@@ -353,7 +353,7 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            Some(req.headers.len() + ADDED_FIELDS_HEADROOM),
                         )?);
 
                         request_header.set_version(match req.version {
@@ -846,6 +846,8 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
+            // room for both fields first: one grow of each map at most, not one per field
+            header.reserve(2);
             header.insert_header(header::DATE, date::get_cached_date())?;
 
             // TODO: make these lazy static
