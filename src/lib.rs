@@ -4,6 +4,7 @@
 //! `Policy`) → `proxy::Gateway::request_filter` (route, `auth::check`) → `upstream_peer`
 //! (`upstream::Pool`) → upstream request with claim headers.
 
+pub mod allocator;
 pub mod auth;
 pub mod background;
 pub mod cluster;

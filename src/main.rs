@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: portcullis::allocator::Allocator = portcullis::allocator::Allocator;
 
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "A JWT-verifying API gateway")]

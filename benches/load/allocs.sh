@@ -16,8 +16,9 @@ LONG=${LONG:-4s}
 CONNECTIONS=${CONNECTIONS:-64}
 need nginx wrk perf taskset python3
 
-# Rust's global allocator calls into mimalloc through these three.
-FUNCS=(mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned)
+# Rust's global allocator (src/allocator.rs) calls into mimalloc through these six: the plain
+# entry points for alignments up to 16 bytes, the aligned ones for the rest.
+FUNCS=(mi_malloc mi_zalloc mi_realloc mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned)
 GROUP=portcullis_allocs
 remove_probes() { perf probe -q -d "$GROUP:*" 2>/dev/null || true; }
 remove_probes
