@@ -633,7 +633,23 @@ fn failed_handshakes_are_counted_by_reason() {
             "portcullis_tls_handshake_failures_total{{listener=\"127.0.0.1:{port}\",reason=\"{reason}\"}}"
         )
     };
-    // Counts from here on: starting the gateway probed the port (a connection closed unused).
+    // Counts from here on. Starting the gateway probed the port (one or more connections closed
+    // unused, each counted as the gateway's task drops it): wait until those are all counted, so
+    // none lands after the baseline is read.
+    eventually(
+        "the start-up probes counted",
+        Duration::from_secs(5),
+        || (gw.metric(&series("closed")) >= 1.0).then_some(()),
+    );
+    let mut probes = gw.metric(&series("closed"));
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = gw.metric(&series("closed"));
+        if now == probes {
+            break;
+        }
+        probes = now;
+    }
     let reasons = [
         "closed",
         "protocol_error",
