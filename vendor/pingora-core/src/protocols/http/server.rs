@@ -943,6 +943,23 @@ impl Session {
         }
     }
 
+    /// Whether the request header keeps the client's field-name case (HTTP/1 only; HTTP/2
+    /// names are lowercase on the wire, so always false there).
+    pub fn preserve_header_case(&self) -> bool {
+        match self {
+            Self::H1(s) => s.preserve_header_case(),
+            _ => false,
+        }
+    }
+
+    /// Keep or drop the client's field-name case (HTTP/1 only; no-op otherwise). See
+    /// [`HttpSession::set_preserve_header_case`](crate::protocols::http::v1::server::HttpSession::set_preserve_header_case).
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        if let Self::H1(s) = self {
+            s.set_preserve_header_case(preserve);
+        }
+    }
+
     /// Set pipelined bytes to be parsed as the start of this session's request.
     ///
     /// No-op for non-H1 sessions. See

@@ -144,6 +144,10 @@ pub struct HttpSession {
     /// Defaults to false. Can be enabled via [`set_pipelining_enabled`](Self::set_pipelining_enabled).
     /// See [`Self::set_pipelining_enabled`] for RFC 9112 §9.3.2 semantics.
     pipelining_enabled: bool,
+    /// Whether the request header keeps each field name's case as the client sent it (a
+    /// second map beside the header map). Defaults to true. When false, names are kept
+    /// lowercase and written titled for common fields, lowercase otherwise.
+    preserve_header_case: bool,
     /// Pipelined bytes from the previous request on the same keep-alive connection,
     /// to be parsed as the start of this session's request. Consumed on the first
     /// call to [`Self::read_request`]. Set via [`Self::set_pipelined_prefix`] after
@@ -204,6 +208,7 @@ impl HttpSession {
             abort_on_close: true,
             proxy_tasks_enabled: false,
             pipelining_enabled: false,
+            preserve_header_case: true,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
         }
@@ -349,7 +354,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        let build = if self.preserve_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -1015,6 +1025,19 @@ impl HttpSession {
     /// request N+1 begins processing. No parallel pipelining.
     pub fn set_pipelining_enabled(&mut self, enabled: bool) {
         self.pipelining_enabled = enabled;
+    }
+
+    /// Whether the request header read by this session keeps the client's field-name case.
+    pub fn preserve_header_case(&self) -> bool {
+        self.preserve_header_case
+    }
+
+    /// Keep (default) or drop the client's field-name case in the request header this session
+    /// reads. Without it every header operation touches one map instead of two, and a request
+    /// forwarded over HTTP/1 carries titled names for common fields and lowercase names for the
+    /// rest (field names are case-insensitive, RFC 9110 §5.1). Set before [`Self::read_request`].
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        self.preserve_header_case = preserve;
     }
 
     /// Set pipelined bytes to be parsed as the start of this session's request.
