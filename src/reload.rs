@@ -138,6 +138,10 @@ impl Reloader {
             log::warn!("server.admin changed: restart to apply");
             new.server.admin = old.server.admin;
         }
+        if new.server.preserve_header_case != old.server.preserve_header_case {
+            log::warn!("server.preserve_header_case changed: restart to apply");
+            new.server.preserve_header_case = old.server.preserve_header_case;
+        }
         if new.server.threads != old.server.threads {
             log::warn!("server.threads changed: restart to apply");
             new.server.threads = old.server.threads;

@@ -170,3 +170,110 @@ fn admin_listener_answers_healthz() {
     assert_eq!(request(gw.admin, "GET", "/nope", &[], None).status, 404);
     assert_eq!(echo.hits(), 0);
 }
+
+/// An upstream that answers every request with the request head it received, byte for byte,
+/// and a header of its own in mixed case.
+fn head_upstream() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let mut answer = format!(
+                    "HTTP/1.1 200 OK\r\nX-Upstream-Mixed: yes\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    head.len()
+                )
+                .into_bytes();
+                answer.extend_from_slice(&head);
+                if c.write_all(&answer).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Read one response with a `Content-Length` body from a keep-alive connection.
+fn read_one(s: &mut std::net::TcpStream) -> (String, String) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "the gateway closed mid-response"
+        );
+        buf.push(b[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn header_name_case_is_normalised_unless_preserved() {
+    use std::io::Write;
+    let up = head_upstream();
+    for preserve in [false, true] {
+        let gw = Gateway::start(&format!(
+            "  preserve_header_case: {preserve}\nupstreams:\n  api: {{peers: [\"{up}\"]}}\nroutes:\n  - {{prefix: /, upstream: api}}\n"
+        ));
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        // Two requests on one connection: the second session inherits the first one's setting.
+        for i in 0..2 {
+            write!(
+                s,
+                "GET /r{i} HTTP/1.1\r\nhost: h\r\nX-Api-Version: {i}\r\ncontent-TYPE: text/plain\r\n\r\n"
+            )
+            .unwrap();
+            let (head, seen) = read_one(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            if preserve {
+                assert!(
+                    seen.contains(&format!("\r\nX-Api-Version: {i}\r\n")),
+                    "{seen}"
+                );
+                assert!(seen.contains("\r\ncontent-TYPE: text/plain\r\n"), "{seen}");
+                assert!(seen.contains("\r\nhost: h\r\n"), "{seen}");
+                assert!(head.contains("\r\nX-Upstream-Mixed: yes\r\n"), "{head}");
+            } else {
+                // lowercase, except the common fields, which are titled
+                assert!(
+                    seen.contains(&format!("\r\nx-api-version: {i}\r\n")),
+                    "{seen}"
+                );
+                assert!(seen.contains("\r\nContent-Type: text/plain\r\n"), "{seen}");
+                assert!(seen.contains("\r\nHost: h\r\n"), "{seen}");
+                assert!(head.contains("\r\nx-upstream-mixed: yes\r\n"), "{head}");
+                assert!(!seen.contains("X-Api") && !head.contains("X-Upstream"));
+            }
+            // the value and the rest of the request are untouched either way
+            assert!(
+                seen.starts_with(&format!("GET /r{i} HTTP/1.1\r\n")),
+                "{seen}"
+            );
+        }
+    }
+}

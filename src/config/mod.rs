@@ -181,6 +181,10 @@ pub struct ServerConfig {
     /// HTTP/2: ALPN `h2` on TLS listeners, h2c (prior knowledge) on plain ones. Default true.
     #[serde(default = "yes")]
     pub http2: bool,
+    /// Keep HTTP/1 header names' case as the client and the upstream sent it. Default false:
+    /// names are forwarded titled for common fields (`Content-Type`) and lowercase otherwise.
+    #[serde(default)]
+    pub preserve_header_case: bool,
     /// Worker threads; default: the number of cores.
     pub threads: Option<usize>,
     /// Optional admin listener (`/healthz`, `/readyz`, `/metrics`).
@@ -316,6 +320,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             http2: true,
+            preserve_header_case: false,
             threads: None,
             admin: None,
             pid_file: None,

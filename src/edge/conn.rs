@@ -261,10 +261,12 @@ where
                     } else {
                         session.set_keepalive(Some(self.rules.idle_timeout.as_secs()));
                     }
+                    let options = self.app.server_options();
                     session.set_keepalive_reuses_remaining(
-                        self.app
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
+                        options.and_then(|o| o.keepalive_request_limit),
+                    );
+                    session.set_preserve_header_case(
+                        !options.is_some_and(|o| o.h1_normalize_header_case),
                     );
                 }
             }

@@ -490,6 +490,10 @@ impl ProxyHttp for Gateway {
         };
         peer.options.connection_timeout = Some(settings.connect_timeout);
         peer.options.read_timeout = Some(settings.read_timeout);
+        peer.options.h1_normalize_header_case = ctx
+            .policy
+            .as_ref()
+            .is_some_and(|p| !p.server.preserve_header_case);
         if settings.protocol != UpstreamProtocol::H1 {
             // HTTP/2 only (ALPN h2 on TLS, prior knowledge on plaintext), multiplexed.
             peer.options.set_http_version(2, 2);

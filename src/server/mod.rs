@@ -119,6 +119,7 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
     let pid_file = policy.server.pid_file.clone();
     let listen = policy.server.listen.clone();
     let http2 = policy.server.http2;
+    let preserve_header_case = policy.server.preserve_header_case;
     let admin = policy.server.admin;
     let edge_rules = policy.edge.clone();
     let live = Live::new(policy)?;
@@ -133,14 +134,15 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
     // Pingora runs its pre-TLS hook per service (same gateway, same live policy).
     let proxy_service = |name: &str, proxy_protocol: bool| {
         let mut app = pingora_proxy::http_proxy(&server.configuration, Gateway::new(live.clone()));
+        let mut opts = HttpServerOptions::default();
+        opts.h1_normalize_header_case = !preserve_header_case;
         if http2 {
             // h2c with prior knowledge on plain listeners; told from HTTP/1.1 by the connection
             // preface, so both share a port.
-            let mut opts = HttpServerOptions::default();
             opts.h2c = true;
             opts.h2_idle_timeout = Some(edge_rules.limits.idle_timeout);
-            app.server_options = Some(opts);
         }
+        app.server_options = Some(opts);
         let mut svc = Service::new(name.to_string(), Front::new(app, rules(proxy_protocol)));
         svc.endpoints().set_pre_tls_callback(Arc::new(PreTls {
             slots: slots.clone(),

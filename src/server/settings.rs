@@ -52,6 +52,8 @@ impl Settings {
 pub struct Settings {
     pub listen: Vec<Listener>,
     pub http2: bool,
+    /// Header names keep their HTTP/1 case (`server.preserve_header_case`).
+    pub preserve_header_case: bool,
     pub threads: usize,
     pub admin: Option<SocketAddr>,
     pub pid_file: Option<PathBuf>,
@@ -184,6 +186,7 @@ pub fn compile(s: &ServerConfig, ctx: &Ctx) -> Settings {
     Settings {
         listen,
         http2: s.http2,
+        preserve_header_case: s.preserve_header_case,
         threads,
         admin,
         pid_file,
