@@ -362,7 +362,18 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
+    // One lookup for the common cases: no `Content-Length` at all, or a single field of digits
+    // only (exactly what `content_length_parse_all` would accept for it, without the UTF-8
+    // check and the split on commas). Everything else takes the general path below.
+    let mut fields = headers.get_all(header::CONTENT_LENGTH).into_iter();
+    let Some(first) = fields.next() else {
+        return Ok(None);
+    };
+    let parsed = match fields.next() {
+        None => from_digits(first.as_bytes()).or_else(|| content_length_parse_all(headers)),
+        Some(_) => content_length_parse_all(headers),
+    };
+    match parsed {
         Some(cl) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
@@ -378,13 +389,12 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        None => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
     }
 }
 
@@ -537,6 +547,17 @@ mod test {
         let mut headers = HMap::new();
         headers.insert(CONTENT_LENGTH, "5".try_into().unwrap());
         assert_eq!(content_length_for_framing(&headers).unwrap(), Some(5));
+
+        // one field, not digits only: the general path reconciles it
+        let mut headers = HMap::new();
+        headers.insert(CONTENT_LENGTH, "5, 5".try_into().unwrap());
+        assert_eq!(content_length_for_framing(&headers).unwrap(), Some(5));
+        let mut headers = HMap::new();
+        headers.insert(CONTENT_LENGTH, "5, 6".try_into().unwrap());
+        assert!(content_length_for_framing(&headers).is_err());
+        let mut headers = HMap::new();
+        headers.insert(CONTENT_LENGTH, "+5".try_into().unwrap());
+        assert!(content_length_for_framing(&headers).is_err());
 
         // identical duplicate -> Ok(Some) (reconciled)
         let mut headers = HMap::new();
