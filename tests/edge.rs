@@ -567,3 +567,85 @@ fn websocket_on_a_protected_route() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// An upstream whose answer's `Content-Length` fields are chosen by the request path.
+fn framing_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text.split(' ').nth(1).unwrap_or("");
+                let fields = match path {
+                    "/one" => "Content-Length: 2\r\n",
+                    "/same-twice" => "Content-Length: 2\r\nContent-Length: 2\r\n",
+                    "/same-list" => "Content-Length: 2, 2\r\n",
+                    "/conflict" => "Content-Length: 2\r\nContent-Length: 3\r\n",
+                    "/conflict-list" => "Content-Length: 2, 3\r\n",
+                    "/signed" => "Content-Length: +2\r\n",
+                    _ => "Content-Length: 2x\r\n",
+                };
+                let _ = write!(c, "HTTP/1.1 200 OK\r\n{fields}Connection: close\r\n\r\nok");
+            });
+        }
+    });
+    addr
+}
+
+/// `Content-Length` framing must be unambiguous: identical repeats are one length, anything
+/// else (conflicting values, signs, junk) is refused in either direction, before anything is
+/// forwarded (request) or relayed (response).
+#[test]
+fn content_length_framing_is_unambiguous_both_ways() {
+    let echo = echo();
+    let gw = readme_layout(echo.addr, "");
+    let send = |fields: &str| {
+        raw_request(
+            gw.addr,
+            format!("POST /up HTTP/1.1\r\nHost: h\r\n{fields}Connection: close\r\n\r\nhello")
+                .as_bytes(),
+        )
+    };
+    let r = send("Content-Length: 5\r\n").expect("a response");
+    assert_eq!((r.status, r.json()["body"].as_str()), (200, Some("hello")));
+    assert_eq!(echo.hits(), 1);
+    for bad in [
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Content-Length: 5, 6\r\n",
+        "Content-Length: +5\r\n",
+        "Content-Length: -5\r\n",
+        "Content-Length: 5a\r\n",
+        "Content-Length: 0x5\r\n",
+        "Content-Length: 99999999999999999999999\r\n",
+    ] {
+        let status = send(bad).map(|r| r.status);
+        assert!(
+            matches!(status, None | Some(400)),
+            "{bad:?} was answered {status:?}"
+        );
+    }
+    assert_eq!(echo.hits(), 1, "an ambiguous request reached the upstream");
+
+    let up = framing_upstream();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  web: {{peers: [\"{up}\"]}}\nroutes:\n  - {{prefix: /, upstream: web}}\n"
+    ));
+    for ok in ["/one", "/same-twice", "/same-list"] {
+        let r = gw.get(ok, &[]);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]), "{ok}");
+    }
+    for bad in ["/conflict", "/conflict-list", "/signed", "/junk"] {
+        let r = gw.get(bad, &[]);
+        assert_eq!(r.status, 502, "{bad}");
+        assert_ne!(r.body, b"ok", "{bad}");
+    }
+}
