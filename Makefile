@@ -9,8 +9,8 @@ demo: deps
 	cargo run --release -- demo
 
 # Unit and end-to-end tests; the alert rules checked and unit-tested by promtool; the unit tests
-# of the vendored Pingora crates whose patches change or add to their own tests
-# (docs/pingora-patches.md).
+# of the vendored Pingora crates whose patches change or add to their own tests, and of
+# pingora-proxy's task pipe (docs/pingora-patches.md).
 test: deps
 	promtool check rules conf/prometheus/alerts.yaml
 	promtool test rules conf/prometheus/alerts.test.yaml
@@ -19,6 +19,12 @@ test: deps
 		cargo test --locked --manifest-path vendor/$$crate/Cargo.toml \
 			--target-dir "$${CARGO_TARGET_DIR:-target}/vendor-tests" || exit 1; \
 	done
+	# pingora-proxy's own tests need a large set of dev-dependencies; the task pipe (patch 12)
+	# depends on std alone, so its tests are built and run by themselves.
+	mkdir -p "$${CARGO_TARGET_DIR:-target}/vendor-tests"
+	rustc --edition 2021 --test vendor/pingora-proxy/src/pipe.rs \
+		-o "$${CARGO_TARGET_DIR:-target}/vendor-tests/pingora-proxy-pipe"
+	"$${CARGO_TARGET_DIR:-target}/vendor-tests/pingora-proxy-pipe"
 
 bench: deps
 	cargo bench

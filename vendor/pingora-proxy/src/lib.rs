@@ -80,12 +80,19 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 4;
 
+// The pipes between the two halves of an HTTP/1 proxied request (pipe.rs).
+type TaskPipe = pipe::Pipe<HttpTask, TASK_BUFFER_SIZE>;
+type TaskSender<'a> = pipe::Sender<'a, HttpTask, TASK_BUFFER_SIZE>;
+type TaskReceiver<'a> = pipe::Receiver<'a, HttpTask, TASK_BUFFER_SIZE>;
+type TaskPermit<'a> = pipe::Permit<'a, HttpTask, TASK_BUFFER_SIZE>;
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
 type DownstreamCustomMessageReader =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
+mod pipe;
 mod proxy_cache;
 mod proxy_common;
 mod proxy_custom;
