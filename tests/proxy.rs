@@ -277,3 +277,205 @@ fn header_name_case_is_normalised_unless_preserved() {
         }
     }
 }
+
+/// A byte pattern that shows where a stream was cut, reordered or doubled.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// An upstream that streams a large chunked answer *while* it reads a large request body (each
+/// direction on its own thread), then serves the next request on the same connection.
+/// `?early` answers a short 200 before reading any of the body, then reads the body to the end.
+/// Sends each connection's request count (when it closes) and whether the bodies were intact.
+fn duplex_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<(usize, bool)>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (report, reports) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let report = report.clone();
+            std::thread::spawn(move || {
+                let mut writer = c.try_clone().unwrap();
+                let mut reader = BufReader::new(c);
+                let (mut served, mut intact) = (0, true);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            report.send((served, intact)).unwrap();
+                            return;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    let early = head.starts_with("POST /early");
+                    let answer = std::thread::spawn({
+                        let mut w = writer.try_clone().unwrap();
+                        move || {
+                            if early {
+                                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                                    .unwrap();
+                                return;
+                            }
+                            w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                                .unwrap();
+                            for piece in pattern(1 << 20, 0x5a).chunks(16 * 1024) {
+                                w.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                                    .unwrap();
+                                w.write_all(piece).unwrap();
+                                w.write_all(b"\r\n").unwrap();
+                            }
+                            w.write_all(b"0\r\n\r\n").unwrap();
+                        }
+                    });
+                    let mut body = vec![0u8; len];
+                    let read = reader.read_exact(&mut body);
+                    intact &= read.is_ok() && body == pattern(len, 0xa5);
+                    answer.join().unwrap();
+                    served += 1;
+                    writer.flush().unwrap();
+                }
+            });
+        }
+    });
+    (addr, reports)
+}
+
+/// Read a chunked response's body, or a `Content-Length` one.
+fn read_body(r: &mut std::io::BufReader<std::net::TcpStream>) -> (String, Vec<u8>) {
+    use std::io::{BufRead, Read};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "closed mid-header");
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = Vec::new();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })
+            .unwrap();
+        body.resize(len, 0);
+        r.read_exact(&mut body).unwrap();
+    }
+    (head, body)
+}
+
+#[test]
+fn bodies_stream_both_ways_at_once_and_upstream_connections_are_reused() {
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
+    let (up, reports) = duplex_upstream();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api: {{peers: [\"{up}\"]}}\nroutes:\n  - {{prefix: /, upstream: api}}\n"
+    ));
+    let connect = || {
+        let c = TcpStream::connect(gw.addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let reader = BufReader::new(c.try_clone().unwrap());
+        (c, reader)
+    };
+    let (mut c, mut reader) = connect();
+    let upload = pattern(1 << 20, 0xa5);
+    for round in 0..3 {
+        // The request body goes out from another thread while this one reads the answer: the
+        // upstream's 1 MiB answer and the client's 1 MiB body cross inside the gateway, each
+        // far larger than what the socket buffers and the gateway's pipes hold.
+        let mut w = c.try_clone().unwrap();
+        let body = upload.clone();
+        let sender = std::thread::spawn(move || {
+            w.write_all(
+                format!(
+                    "POST /duplex/{round} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            for piece in body.chunks(8 * 1024) {
+                w.write_all(piece).unwrap();
+            }
+        });
+        let (head, got) = read_body(&mut reader);
+        sender.join().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(got.len(), 1 << 20, "round {round}");
+        assert!(got == pattern(1 << 20, 0x5a), "round {round}: answer altered");
+        // An answer that started before the request's body was all read ends the client
+        // connection (Pingora's rule, and says so); otherwise it is kept.
+        if head.to_ascii_lowercase().contains("connection: close") {
+            let mut rest = Vec::new();
+            assert_eq!(reader.read_to_end(&mut rest).unwrap_or(0), 0, "{rest:?}");
+            (c, reader) = connect();
+        }
+    }
+    // An answer before any of the body was read: the client gets it whole, its body is still
+    // relayed to the end, and the connection is closed after it.
+    c.write_all(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 262144\r\n\r\n")
+        .unwrap();
+    let (head, got) = read_body(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert_eq!(got, b"early");
+    c.write_all(&pattern(262_144, 0xa5)).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap_or(0), 0, "{rest:?}");
+    let (mut c, mut reader) = connect();
+    c.write_all(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (head, got) = read_body(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(got == pattern(1 << 20, 0x5a));
+    drop((c, reader));
+    drop(gw);
+    // The upstream got every body intact, and its connections were kept and reused by the
+    // gateway's pool: five requests, at least three of them on one connection.
+    let mut seen: Vec<(usize, bool)> = Vec::new();
+    while seen.iter().map(|(n, _)| n).sum::<usize>() < 5 {
+        match reports.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(r) => seen.push(r),
+            Err(_) => break,
+        }
+    }
+    assert!(seen.iter().all(|(_, intact)| *intact), "{seen:?}");
+    assert_eq!(seen.iter().map(|(n, _)| n).sum::<usize>(), 5, "{seen:?}");
+    assert!(seen.iter().any(|(n, _)| *n >= 3), "{seen:?}");
+}
