@@ -371,7 +371,10 @@ fn read_body(r: &mut std::io::BufReader<std::net::TcpStream>) -> (String, Vec<u8
         }
     }
     let mut body = Vec::new();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         loop {
             let mut size = String::new();
             r.read_line(&mut size).unwrap();
@@ -438,7 +441,10 @@ fn bodies_stream_both_ways_at_once_and_upstream_connections_are_reused() {
         sender.join().unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert_eq!(got.len(), 1 << 20, "round {round}");
-        assert!(got == pattern(1 << 20, 0x5a), "round {round}: answer altered");
+        assert!(
+            got == pattern(1 << 20, 0x5a),
+            "round {round}: answer altered"
+        );
         // An answer that started before the request's body was all read ends the client
         // connection (Pingora's rule, and says so); otherwise it is kept.
         if head.to_ascii_lowercase().contains("connection: close") {
@@ -453,7 +459,10 @@ fn bodies_stream_both_ways_at_once_and_upstream_connections_are_reused() {
         .unwrap();
     let (head, got) = read_body(&mut reader);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
     assert_eq!(got, b"early");
     c.write_all(&pattern(262_144, 0xa5)).unwrap();
     let mut rest = Vec::new();
