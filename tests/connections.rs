@@ -344,3 +344,45 @@ fn connection_limit_config_errors() {
         ],
     );
 }
+
+#[test]
+fn every_request_of_a_connection_forwards_its_peer_and_no_other() {
+    // The forwarded address is made once per connection and reused by its later requests:
+    // each connection's requests must name its own peer, whatever they claim, and two
+    // connections from different (PROXY protocol) peers must not see each other's.
+    let echo = echo();
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "server:\n  listen:\n    - {{addr: \"127.0.0.1:{port}\", proxy_protocol: true}}\n  threads: 1\n  admin: \"127.0.0.1:{admin}\"\n  trusted_proxies: [\"127.0.0.1/32\"]\n{}",
+        upstream(&echo)
+    );
+    let gw = Gateway::start_raw(&yaml, port, admin);
+    let open = |peer: &str| {
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("PROXY TCP4 {peer} 127.0.0.1 51234 80\r\n").as_bytes())
+            .unwrap();
+        s
+    };
+    let (mut a, mut b) = (open("203.0.113.7"), open("198.51.100.9"));
+    for round in 0..3 {
+        for (s, peer) in [(&mut a, "203.0.113.7"), (&mut b, "198.51.100.9")] {
+            let spoof = if round == 1 {
+                "X-Forwarded-For: 6.6.6.6\r\n"
+            } else {
+                ""
+            };
+            s.write_all(format!("GET /r{round} HTTP/1.1\r\nHost: t\r\n{spoof}\r\n").as_bytes())
+                .unwrap();
+            let r = read_response(s).expect("answered on the kept connection");
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                r.upstream_headers("x-forwarded-for"),
+                [peer],
+                "round {round}"
+            );
+            assert_eq!(r.upstream_headers("x-real-ip"), [peer], "round {round}");
+        }
+    }
+    assert_eq!(echo.hits(), 6);
+}

@@ -310,6 +310,9 @@ pub struct Guarded {
     /// first (from `ahead_at` on).
     ahead: Vec<u8>,
     ahead_at: usize,
+    /// The peer's address as the upstream is told it (`X-Forwarded-For`, `X-Real-IP`), made
+    /// by the connection's first request and cloned (a reference count) by the others.
+    peer_header: std::sync::OnceLock<(std::net::IpAddr, http::HeaderValue)>,
     _slot: Slot,
 }
 
@@ -333,8 +336,27 @@ impl Guarded {
             timer: None,
             ahead: Vec::new(),
             ahead_at: 0,
+            peer_header: std::sync::OnceLock::new(),
             _slot: slot,
         }
+    }
+
+    /// `ip` as a header value: made once per connection (the peer of a connection does not
+    /// change; an address other than the one kept is made afresh).
+    pub fn peer_header(&self, ip: std::net::IpAddr) -> http::HeaderValue {
+        let (kept, value) = self
+            .peer_header
+            .get_or_init(|| (ip, super::forward::ip_header(ip)));
+        if *kept == ip {
+            value.clone()
+        } else {
+            super::forward::ip_header(ip)
+        }
+    }
+
+    /// The connection a request of `session` came on, when it is one of ours (HTTP/1).
+    pub fn of(session: &ServerSession) -> Option<&Guarded> {
+        session.stream()?.as_any().downcast_ref::<Guarded>()
     }
 
     /// Wait until the client sends the next request's first bytes and keep what one read

@@ -27,8 +27,8 @@ const XRI: Named = (HeaderName::from_static("x-real-ip"), "X-Real-IP");
 
 /// Who sent the request, as the upstream is told.
 pub struct Origin {
-    /// The connection's peer.
-    pub peer: Option<IpAddr>,
+    /// The connection's peer, and the same as a header value.
+    pub peer: Option<(IpAddr, HeaderValue)>,
     /// The client, after `trusted_proxies`.
     pub client: Option<IpAddr>,
     /// The peer is a trusted proxy: its forwarded headers are kept (XFF appended to).
@@ -36,12 +36,17 @@ pub struct Origin {
     pub tls: bool,
 }
 
+/// An address as a header value.
+pub fn ip_header(ip: IpAddr) -> HeaderValue {
+    // An address's text is ASCII digits, dots, colons and hex: always a valid value.
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is a header value")
+}
+
 /// `X-Forwarded-For` (appended with the peer), `-Proto`, `-Host`, `X-Real-IP`. A client's own
 /// copies are replaced unless it is a trusted proxy.
 pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()> {
-    let peer = o.peer.map(|p| p.to_string());
-    let xff = match (&peer, o.trusted_peer) {
-        (Some(p), true) => {
+    let xff = match &o.peer {
+        Some((_, p)) if o.trusted_peer => {
             let before: Vec<&str> = up
                 .headers
                 .get_all(&XFF.0)
@@ -51,16 +56,18 @@ pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()>
             Some(if before.is_empty() {
                 p.clone()
             } else {
-                format!("{}, {p}", before.join(", "))
+                let joined = format!("{}, {}", before.join(", "), p.to_str().unwrap_or(""));
+                HeaderValue::try_from(joined).expect("joined from valid values")
             })
         }
-        (Some(p), false) => Some(p.clone()),
-        (None, _) => None,
+        Some((_, p)) => Some(p.clone()),
+        None => None,
     };
     up.remove_header(&XFF.0);
+    let peer_ip = o.peer.as_ref().map(|(ip, _)| *ip);
     let real_ip = match (o.client, &xff) {
-        (Some(c), Some(v)) if Some(c) == o.peer && !o.trusted_peer => Some(v.clone()),
-        (Some(c), _) => Some(c.to_string()),
+        (Some(c), Some(v)) if Some(c) == peer_ip && !o.trusted_peer => Some(v.clone()),
+        (Some(c), _) => Some(ip_header(c)),
         (None, _) => None,
     };
     if let Some(v) = xff {
@@ -158,6 +165,11 @@ mod tests {
         assert_eq!(up.headers["x-real-ip"], "192.0.2.1");
     }
 
+    fn peer(ip: &str) -> (IpAddr, HeaderValue) {
+        let ip: IpAddr = ip.parse().unwrap();
+        (ip, ip_header(ip))
+    }
+
     #[test]
     fn forwarded_headers() {
         let mut up = RequestHeader::build("GET", b"/", None).unwrap();
@@ -165,7 +177,7 @@ mod tests {
         up.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
         up.insert_header("x-forwarded-proto", "gopher").unwrap();
         let o = Origin {
-            peer: Some("198.51.100.1".parse().unwrap()),
+            peer: Some(peer("198.51.100.1")),
             client: Some("198.51.100.1".parse().unwrap()),
             trusted_peer: false,
             tls: true,
@@ -196,7 +208,7 @@ mod tests {
         up.insert_header("x-forwarded-for", "203.0.113.5").unwrap();
         up.insert_header("x-forwarded-proto", "https").unwrap();
         let o = Origin {
-            peer: Some("10.0.0.2".parse().unwrap()),
+            peer: Some(peer("10.0.0.2")),
             client: Some("203.0.113.5".parse().unwrap()),
             trusted_peer: true,
             tls: false,

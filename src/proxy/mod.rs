@@ -663,7 +663,10 @@ impl ProxyHttp for Gateway {
         edge::forward::forwarded(
             upstream_request,
             &edge::forward::Origin {
-                peer: ctx.peer_ip,
+                peer: ctx.peer_ip.map(|ip| {
+                    let made = edge::conn::Guarded::of(session).map(|c| c.peer_header(ip));
+                    (ip, made.unwrap_or_else(|| edge::forward::ip_header(ip)))
+                }),
                 client: ctx.client_ip,
                 trusted_peer: ctx.trusted_peer,
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
