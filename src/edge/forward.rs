@@ -74,7 +74,10 @@ pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()>
         up.insert_header(XFF, v)?;
     }
     if !(o.trusted_peer && up.headers.contains_key(&XFP.0)) {
-        up.insert_header(XFP, if o.tls { "https" } else { "http" })?;
+        const HTTPS: HeaderValue = HeaderValue::from_static("https");
+        const HTTP: HeaderValue = HeaderValue::from_static("http");
+        // Static values: nothing copied or allocated per request.
+        up.insert_header(XFP, if o.tls { HTTPS } else { HTTP })?;
     }
     if !(o.trusted_peer && up.headers.contains_key(&XFH.0)) {
         match up.headers.get(http::header::HOST).cloned() {
