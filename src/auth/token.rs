@@ -178,6 +178,22 @@ mod tests {
     }
 
     #[test]
+    fn bearer_values_that_are_not_visible_ascii_are_malformed() {
+        for bad in [&b"Bearer a.b\x80c"[..], b"Basic \xff, Bearer a.b.c"] {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.append_header("authorization", http::HeaderValue::from_bytes(bad).unwrap())
+                .unwrap();
+            let got = TokenSource::Bearer.extract(&r);
+            assert_eq!(got, Some(Err(AuthError::Malformed)), "{bad:?}");
+        }
+        // Tabs may stand in a value; only a space ends the scheme.
+        let tabs = req("/", &[("authorization", "Bearer \ta.b.c\t")]);
+        assert_eq!(got("bearer", &tabs).as_deref(), Some("a.b.c"));
+        let tab_only = req("/", &[("authorization", "Bearer\ta.b.c")]);
+        assert_eq!(got("bearer", &tab_only), None);
+    }
+
+    #[test]
     fn other_sources() {
         let r = req(
             "/p?a=1&apijwt=x.y.z&b=2",

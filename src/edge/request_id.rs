@@ -75,7 +75,11 @@ pub fn generate() -> HeaderValue {
         out[o + 1] = HEX[(byte & 15) as usize];
         o += 2;
     }
-    HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
+    // Owned by the value's bytes themselves: the id is cloned into the upstream request and
+    // the answer, and clones of an owned `Bytes` only count references (one made from a copied
+    // slice allocates again on its first clone).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .expect("hex and dashes are a valid header value")
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
