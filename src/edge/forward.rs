@@ -57,7 +57,13 @@ pub fn forwarded(up: &mut RequestHeader, o: &Origin) -> pingora_core::Result<()>
                 p.clone()
             } else {
                 let joined = format!("{}, {}", before.join(", "), p.to_str().unwrap_or(""));
-                HeaderValue::try_from(joined).expect("joined from valid values")
+                HeaderValue::try_from(joined).map_err(|e| {
+                    pingora_core::Error::because(
+                        pingora_core::ErrorType::InternalError,
+                        "joining X-Forwarded-For",
+                        e,
+                    )
+                })?
             })
         }
         Some((_, p)) => Some(p.clone()),
