@@ -203,6 +203,15 @@ fn head_upstream() -> std::net::SocketAddr {
     addr
 }
 
+/// The `Content-Length` of a message head, if it has one.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().unwrap())
+    })
+}
+
 /// Read one response with a `Content-Length` body from a keep-alive connection.
 fn read_one(s: &mut std::net::TcpStream) -> (String, String) {
     use std::io::Read;
@@ -217,14 +226,7 @@ fn read_one(s: &mut std::net::TcpStream) -> (String, String) {
         buf.push(b[0]);
     }
     let head = String::from_utf8(buf).unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .expect("a Content-Length");
+    let len: usize = content_length(&head).expect("a Content-Length");
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).unwrap();
     (head, String::from_utf8(body).unwrap())
@@ -317,14 +319,7 @@ fn duplex_upstream() -> (
                             break;
                         }
                     }
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
+                    let len: usize = content_length(&head).unwrap_or(0);
                     let early = head.starts_with("POST /early");
                     let answer = std::thread::spawn({
                         let mut w = writer.try_clone().unwrap();
@@ -387,14 +382,7 @@ fn read_body(r: &mut std::io::BufReader<std::net::TcpStream>) -> (String, Vec<u8
             body.extend_from_slice(&chunk[..n]);
         }
     } else {
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().unwrap())
-            })
-            .unwrap();
+        let len: usize = content_length(&head).unwrap();
         body.resize(len, 0);
         r.read_exact(&mut body).unwrap();
     }
