@@ -441,6 +441,23 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_sender_is_woken_by_an_awaited_receive() {
+        let mut pipe = Pipe::<u8, 1>::new();
+        let (tx, mut rx) = pipe.split();
+        let (count, w) = waker();
+        now(tx.send(1)).unwrap().unwrap();
+        let mut reserve = pin!(tx.reserve());
+        assert!(poll(reserve.as_mut(), &w).is_pending());
+        assert_eq!(now(rx.recv()), Some(Some(1)));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "room made by recv wakes the sender"
+        );
+        assert!(matches!(poll(reserve.as_mut(), &w), Poll::Ready(Ok(_))));
+    }
+
+    #[test]
     fn nothing_is_leaked_or_kept_once_the_receiver_is_gone() {
         let item = Arc::new(());
         let mut pipe = Pipe::<Arc<()>, 4>::new();
@@ -450,9 +467,17 @@ mod tests {
         let permit = tx.try_reserve().unwrap();
         assert_eq!(Arc::strong_count(&item), 3);
         drop(rx);
-        assert_eq!(Arc::strong_count(&item), 1, "queued items dropped with the receiver");
+        assert_eq!(
+            Arc::strong_count(&item),
+            1,
+            "queued items dropped with the receiver"
+        );
         permit.send(item.clone());
-        assert_eq!(Arc::strong_count(&item), 1, "an item sent into a closed pipe is dropped");
+        assert_eq!(
+            Arc::strong_count(&item),
+            1,
+            "an item sent into a closed pipe is dropped"
+        );
         assert_eq!(now(tx.send(item.clone())), Some(Err(SendError)));
         assert_eq!(Arc::strong_count(&item), 1);
         drop(tx);
@@ -474,6 +499,9 @@ mod tests {
             assert!(poll(reserve.as_mut(), &w).is_pending());
         }
         assert_eq!(rx.try_recv(), Some(5));
-        assert!(tx.try_reserve().is_ok(), "the cancelled reserve held no slot");
+        assert!(
+            tx.try_reserve().is_ok(),
+            "the cancelled reserve held no slot"
+        );
     }
 }
