@@ -458,6 +458,19 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_sender_is_woken_by_a_permit_given_back() {
+        let mut pipe = Pipe::<u8, 1>::new();
+        let (tx, _rx) = pipe.split();
+        let (count, w) = waker();
+        let held = tx.try_reserve().unwrap();
+        let mut reserve = pin!(tx.reserve());
+        assert!(poll(reserve.as_mut(), &w).is_pending());
+        drop(held);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(poll(reserve.as_mut(), &w), Poll::Ready(Ok(_))));
+    }
+
+    #[test]
     fn nothing_is_leaked_or_kept_once_the_receiver_is_gone() {
         let item = Arc::new(());
         let mut pipe = Pipe::<Arc<()>, 4>::new();
