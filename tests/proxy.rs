@@ -295,7 +295,7 @@ fn duplex_upstream() -> (
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<(usize, bool)>,
 ) {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let (report, reports) = std::sync::mpsc::channel();
@@ -307,18 +307,10 @@ fn duplex_upstream() -> (
                 let mut reader = BufReader::new(c);
                 let (mut served, mut intact) = (0, true);
                 loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            report.send((served, intact)).unwrap();
-                            return;
-                        }
-                        head.push_str(&line);
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
+                    let Some(head) = read_head(&mut reader) else {
+                        report.send((served, intact)).unwrap();
+                        return;
+                    };
                     let len: usize = content_length(&head).unwrap_or(0);
                     let early = head.starts_with("POST /early");
                     let answer = std::thread::spawn({
@@ -353,18 +345,25 @@ fn duplex_upstream() -> (
     (addr, reports)
 }
 
-/// Read a chunked response's body, or a `Content-Length` one.
-fn read_body(r: &mut std::io::BufReader<std::net::TcpStream>) -> (String, Vec<u8>) {
-    use std::io::{BufRead, Read};
+/// A message head up to its blank line; `None` if the stream ends first.
+fn read_head(r: &mut impl std::io::BufRead) -> Option<String> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        assert!(r.read_line(&mut line).unwrap() > 0, "closed mid-header");
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
         head.push_str(&line);
         if line == "\r\n" {
-            break;
+            return Some(head);
         }
     }
+}
+
+/// Read a chunked response's body, or a `Content-Length` one.
+fn read_body(r: &mut std::io::BufReader<std::net::TcpStream>) -> (String, Vec<u8>) {
+    use std::io::{BufRead, Read};
+    let head = read_head(r).expect("closed mid-header");
     let mut body = Vec::new();
     if head
         .to_ascii_lowercase()

@@ -740,6 +740,17 @@ mod tests {
         }
     }
 
+    fn path_rules(forward: bool, semis: bool) -> PathRules {
+        PathRules {
+            encoded_slashes: if forward {
+                EncodedSlashes::Forward
+            } else {
+                EncodedSlashes::Reject
+            },
+            allow_semicolons: semis,
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn the_one_pass_check_agrees_with_the_general_pass(
@@ -751,10 +762,7 @@ mod tests {
             semis in proptest::bool::ANY,
         ) {
             let path = format!("/{}", pieces.concat());
-            let rules = PathRules {
-                encoded_slashes: if forward { EncodedSlashes::Forward } else { EncodedSlashes::Reject },
-                allow_semicolons: semis,
-            };
+            let rules = path_rules(forward, semis);
             if plainly_canonical(path.as_bytes()) {
                 // The general pass merges the leading "//" it was given back to one "/".
                 proptest::prop_assert_eq!(general(path.as_bytes(), rules), Ok(path.clone()));
@@ -774,10 +782,7 @@ mod tests {
             semis in proptest::bool::ANY,
         ) {
             let raw = format!("/{}", pieces.concat());
-            let rules = PathRules {
-                encoded_slashes: if forward { EncodedSlashes::Forward } else { EncodedSlashes::Reject },
-                allow_semicolons: semis,
-            };
+            let rules = path_rules(forward, semis);
             if let Ok(t) = canonical_target(raw.as_bytes(), rules) {
                 // A fixed point: the upstream's target canonicalises to itself.
                 let again = canonical_target(t.path_and_query.as_bytes(), rules).unwrap();
