@@ -386,3 +386,104 @@ fn every_request_of_a_connection_forwards_its_peer_and_no_other() {
     }
     assert_eq!(echo.hits(), 6);
 }
+
+/// An upstream that holds every request until `n` are in at the same time (or 5 s pass), then
+/// answers each with `<arrived together> <x-request-id> <x-forwarded-for>` and closes.
+fn gathering_upstream(n: usize) -> SocketAddr {
+    use std::sync::{Arc, Condvar, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let arrived = arrived.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let field = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map_or("-".to_owned(), |v| v.trim().to_owned())
+                };
+                let (count, wake) = &*arrived;
+                let mut seen = count.lock().unwrap();
+                *seen += 1;
+                wake.notify_all();
+                let (seen, _) = wake
+                    .wait_timeout_while(seen, Duration::from_secs(5), |s| *s < n)
+                    .unwrap();
+                let body = format!(
+                    "{} {} {}\n",
+                    *seen >= n,
+                    field("x-request-id:"),
+                    field("x-forwarded-for:")
+                );
+                drop(seen);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn h2c_streams_of_one_connection_are_served_at_once_and_an_idle_one_is_closed() {
+    let up = gathering_upstream(4);
+    let gw = Gateway::start(&format!(
+        "  limits: {{idle_timeout: 1s}}\nupstreams:\n  api: {{peers: [\"{up}\"]}}\nroutes:\n  - {{prefix: /, upstream: api}}\n"
+    ));
+    // Four requests multiplexed on one h2c connection (nghttp sends every URI of one authority
+    // as a stream of one connection): the upstream answers none of them until all four are
+    // under way, so they are only answered if the gateway serves them at once.
+    let out = std::process::Command::new("timeout")
+        .args(["20", "nghttp"])
+        .args((1..=4).map(|i| format!("http://{}/x?{i}", gw.addr)))
+        .output()
+        .expect("nghttp (Debian's nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let bodies: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        bodies.len(),
+        4,
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ids = std::collections::HashSet::new();
+    for body in bodies {
+        let f: Vec<&str> = body.split(' ').collect();
+        assert_eq!(f[0], "true", "served one after another: {text}");
+        assert_eq!(f[2], "127.0.0.1", "each stream forwards its peer: {text}");
+        assert_eq!(f[1].len(), 36, "{text}");
+        ids.insert(f[1].to_owned());
+    }
+    assert_eq!(ids.len(), 4, "a request id per stream: {text}");
+
+    // An h2c connection with nothing in flight is closed after the idle timeout.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let opened = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut frames = Vec::new();
+    let closed = s.read_to_end(&mut frames).is_ok() || frames.is_empty();
+    let after = opened.elapsed();
+    assert!(closed, "still open after {after:?}");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "closed after {after:?}"
+    );
+    assert!(frames.len() >= 9, "the server's SETTINGS first: {frames:?}");
+    assert_eq!(frames[3], 4, "a SETTINGS frame: {frames:?}");
+}

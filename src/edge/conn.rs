@@ -14,13 +14,14 @@ use super::proxy_protocol;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora_core::listeners::PreTlsProcess;
+use pingora_core::protocols::http::v2::server as h2_server;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
+    Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    Stream, TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora_core::server::ShutdownWatch;
 use std::io;
@@ -140,9 +141,10 @@ impl<A> Front<A> {
     }
 }
 
-/// One HTTP/1 request of the app behind a [`Front`], which runs the keep-alive loop itself.
-pub trait Http1App: HttpServerApp + Send + Sync + 'static {
-    /// Serve one request on `session`; give the connection back for the next one. By default
+/// One request of the app behind a [`Front`], which runs the HTTP/1 keep-alive loop and the
+/// HTTP/2 stream accept loop itself.
+pub trait HttpApp: HttpServerApp + Send + Sync + 'static {
+    /// Serve one request on `session`; give an HTTP/1 connection back for the next one. By default
     /// Pingora's trait method, whose future is boxed per request (fine for a tiny app).
     fn serve_one<'a>(
         self: &'a Arc<Self>,
@@ -156,7 +158,7 @@ pub trait Http1App: HttpServerApp + Send + Sync + 'static {
 /// The proxy: awaited inline (our patched pingora-proxy's `serve_http`), so that the request's
 /// state machine lives in the connection's future instead of a box allocated, and the whole
 /// state copied into it, on every request.
-impl Http1App for pingora_proxy::HttpProxy<crate::proxy::Gateway> {
+impl HttpApp for pingora_proxy::HttpProxy<crate::proxy::Gateway> {
     fn serve_one<'a>(
         self: &'a Arc<Self>,
         session: ServerSession,
@@ -167,12 +169,12 @@ impl Http1App for pingora_proxy::HttpProxy<crate::proxy::Gateway> {
 }
 
 /// The https redirect: the default (its future is tiny).
-impl Http1App for pingora_core::apps::http_app::HttpServer<super::redirect::Redirect> {}
+impl HttpApp for pingora_core::apps::http_app::HttpServer<super::redirect::Redirect> {}
 
 #[async_trait]
 impl<A> ServerApp for Front<A>
 where
-    A: Http1App,
+    A: HttpApp,
 {
     async fn process_new(
         self: &Arc<Self>,
@@ -216,9 +218,9 @@ where
             }
         }
         if h2 {
-            // Pingora runs the HTTP/2 connection (its idle timeout is `h2_idle_timeout`).
             let stream: Stream = Box::new(Guarded::off(stream, slot));
-            return self.app.process_new(stream, shutdown).await;
+            self.serve_h2(stream, shutdown).await;
+            return None;
         }
         // HTTP/1.x: Pingora's keep-alive loop, with the deadline re-armed for each request.
         let mut stream = Box::new(Guarded::new(
@@ -284,6 +286,48 @@ where
 
     async fn cleanup(&self) {
         self.app.http_cleanup().await;
+    }
+}
+
+impl<A: HttpApp> Front<A> {
+    /// An HTTP/2 connection: Pingora's handshake and stream accept loop (its idle timeout is
+    /// `h2_idle_timeout`), each stream served in a task of its own. Pingora's own dispatch
+    /// spawns `process_new_http`, whose trait future is built on the stack and copied whole into
+    /// its box (≈ 15k instructions of `memcpy` per stream); here the request's future is built
+    /// in its box and the task holds only the box.
+    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let conn = match h2_server::handshake(stream, self.app.h2_options()).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::debug!("closing a connection: {e}");
+                return;
+            }
+        };
+        let idle = self.app.server_options().and_then(|o| o.h2_idle_timeout);
+        h2_server::accept_downstream_sessions(
+            conn,
+            digest,
+            shutdown.clone(),
+            idle,
+            |h2_stream, guard| {
+                let app = self.app.clone();
+                let shutdown = shutdown.clone();
+                // the work-stealing runtime (Pingora's default; ours) spreads the tasks
+                tokio::spawn(async move {
+                    // the guard marks the connection busy for its idle timeout
+                    let _guard = guard;
+                    let session = ServerSession::new_http2(h2_stream);
+                    boxed_in_place(|| app.serve_one(session, &shutdown)).await;
+                });
+            },
+        )
+        .await;
     }
 }
 
