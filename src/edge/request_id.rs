@@ -19,6 +19,22 @@ impl Default for RequestIdRules {
     }
 }
 
+impl RequestIdRules {
+    /// The request's id: the client's own when it may be trusted and is well formed, else a
+    /// new one. Marked never-indexed for HPACK (RFC 7541 §7.1.3): the value is new on every
+    /// request, and indexed, every answer on an HTTP/2 connection pushed another id into the
+    /// connection's table, where the encoder compared each new one with the ≈ 50 ids already
+    /// there (≈ 1.5k instructions an answer).
+    pub fn for_request(&self, incoming: Option<&HeaderValue>) -> HeaderValue {
+        let mut id = match incoming {
+            Some(v) if self.trust_incoming && well_formed(v.as_bytes()) => v.clone(),
+            _ => generate(),
+        };
+        id.set_sensitive(true);
+        id
+    }
+}
+
 /// 1 to 128 of `A-Z a-z 0-9 - _ . :` — what ids from other proxies look like, and nothing
 /// that could split a log line or a header.
 pub fn well_formed(v: &[u8]) -> bool {
@@ -113,6 +129,25 @@ mod tests {
         assert!(well_formed(b"req-123:abc.DEF_9"));
         for bad in [&b""[..], b"a b", b"a\r\nb", b"x,y", &[b'a'; 129]] {
             assert!(!well_formed(bad));
+        }
+    }
+
+    #[test]
+    fn a_request_gets_a_new_id_unless_its_own_is_trusted_and_every_id_is_never_indexed() {
+        let theirs = HeaderValue::from_static("upstream-proxy-id-1");
+        let bad = HeaderValue::from_static("two words");
+        let mut rules = RequestIdRules::default();
+        for trust in [false, true] {
+            rules.trust_incoming = trust;
+            for incoming in [None, Some(&theirs), Some(&bad)] {
+                let id = rules.for_request(incoming);
+                assert!(id.is_sensitive(), "HPACK must not index {id:?}");
+                let kept = trust && incoming == Some(&theirs);
+                assert_eq!(id == theirs, kept, "{trust} {incoming:?}");
+                if !kept {
+                    assert_eq!(id.len(), 36);
+                }
+            }
         }
     }
 

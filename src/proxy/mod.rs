@@ -306,15 +306,7 @@ fn identify(session: &Session, ctx: &mut Ctx, rules: &edge::EdgeRules) {
         }
     });
     let rid = &rules.request_id;
-    let mut id = match req.headers.get(&rid.header) {
-        Some(v) if rid.trust_incoming && edge::request_id::well_formed(v.as_bytes()) => v.clone(),
-        _ => edge::request_id::generate(),
-    };
-    // One value per request: HPACK must not index it (RFC 7541 §7.1.3). Indexed, every answer
-    // on an HTTP/2 connection pushed another id into the connection's table, and the encoder
-    // compared each new one with the ≈ 50 ids already there (≈ 1.5k instructions a response).
-    id.set_sensitive(true);
-    ctx.request_id = Some(id);
+    ctx.request_id = Some(rid.for_request(req.headers.get(&rid.header)));
     ctx.trace_id = req
         .headers
         .get("traceparent")
