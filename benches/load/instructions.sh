@@ -7,8 +7,9 @@
 # ratios are of one machine and one moment: nginx as a plain reverse proxy and HAProxy plain and
 # with jwt_verify HS256 (alg pinned, exp and iss checked), then portcullis with auth off, HS256
 # through the verified-token cache, HS256 without it, HS256 cached with one CEL rule (every
-# portcullis policy checks iss too). Each proxy runs one worker thread, keep-alive to the same
-# nginx upstream. (Valgrind has no AVX-512, so crypto-heavy rows would not count what the real
+# portcullis policy checks iss too). With h2load installed (Debian's nghttp2-client), two more
+# rows: nginx and portcullis (auth off) over h2c, 64 streams on 4 connections (h2load -c4 -m16).
+# Each proxy runs one worker thread, keep-alive to the same nginx upstream. (Valgrind has no AVX-512, so crypto-heavy rows would not count what the real
 # CPU runs; they are left out.)
 #
 # Needs: a release build, Debian's nginx, haproxy, wrk and valgrind. It installs nothing and
@@ -26,8 +27,10 @@ need nginx haproxy wrk valgrind callgrind_annotate taskset python3
 start_upstream 1
 hs_routes_config
 
-NG=$(port)
+NG=$(port); NG_H2C=$(port)
 nginx_proxy_conf proxy "$NG"
+# the same proxy, on a second port with h2c (prior knowledge)
+sed -i "s|listen 127.0.0.1:$NG;|listen 127.0.0.1:$NG; listen 127.0.0.1:$NG_H2C http2;|" "$WORK/proxy.conf"
 HA_PLAIN=$(port); HA_HS=$(port)
 {
     haproxy_head
@@ -50,12 +53,21 @@ run() {
     local hdr=()
     [ -n "$token" ] && hdr=(-H "Authorization: Bearer $token")
     curl -s -o /dev/null "${hdr[@]}" "$url"
-    taskset -c 1 wrk -t1 -c4 -d"$seconds" "${hdr[@]}" "$url" >"$WORK/wrk"
-    grep -q Non-2xx "$WORK/wrk" && { echo "non-2xx answers on $url" >&2; exit 1; }
+    local requests
+    if [ -n "${H2C:-}" ]; then # h2c with prior knowledge: 64 streams over 4 connections
+        taskset -c 1 h2load -c4 -m16 -D "$seconds" "${hdr[@]}" "$url" >"$WORK/h2load"
+        awk '/^status codes:/ { if ($5 + $7 + $9 > 0) exit 1 }' "$WORK/h2load" ||
+            { echo "non-2xx answers on $url" >&2; exit 1; }
+        requests=$(awk '/^requests:/ {print $8}' "$WORK/h2load")
+    else
+        taskset -c 1 wrk -t1 -c4 -d"$seconds" "${hdr[@]}" "$url" >"$WORK/wrk"
+        grep -q Non-2xx "$WORK/wrk" && { echo "non-2xx answers on $url" >&2; exit 1; }
+        requests=$(awk '/requests in/ {print $1}' "$WORK/wrk")
+    fi
     kill "-${STOP:-INT}" "$vg"
     wait "$vg" || true
     unset 'PIDS[-1]'
-    echo "$(awk '/requests in/ {print $1}' "$WORK/wrk") $(awk '/^(summary|totals):/ {print $2; exit}' "$out")"
+    echo "$requests $(awk '/^(summary|totals):/ {print $2; exit}' "$out")"
 }
 
 row() { # row NAME URL TOKEN PROGRAM...
@@ -84,3 +96,10 @@ row "auth off" "$G/off/x" "" "${GATEWAY[@]}"
 row "HS256 (cache)" "$G/hs/x" "$TOKEN" "${GATEWAY[@]}"
 row "HS256 no cache" "$G/hs-nocache/x" "$TOKEN" "${GATEWAY[@]}"
 row "HS256 + CEL" "$G/hs-expr/x" "$TOKEN" "${GATEWAY[@]}"
+if command -v h2load >/dev/null; then
+    [ "${ONLY:-}" = portcullis ] ||
+        H2C=1 row "h2c nginx plain proxy" "http://127.0.0.1:$NG_H2C/x" "" nginx -c "$WORK/proxy.conf" -p "$WORK" -g "master_process off;"
+    H2C=1 row "h2c auth off" "$G/off/x" "" "${GATEWAY[@]}"
+else
+    echo "(no h2load: the h2c rows are left out; Debian: nghttp2-client)"
+fi
