@@ -51,6 +51,16 @@ pub trait IntoCaseHeaderName {
         let name = HeaderName::from_bytes(case.as_slice()).ok()?;
         Some((name, case))
     }
+
+    /// The header's name alone, for a header without a case map: a type that holds a parsed
+    /// name hands it over without making its case form (for a name with no titled form, that
+    /// is an allocation made only to be dropped). `None` exactly when `into_names` is `None`.
+    fn into_name(self) -> Option<HeaderName>
+    where
+        Self: Sized,
+    {
+        self.into_names().map(|(name, _)| name)
+    }
 }
 
 /// A parsed name with the case to write it in, e.g.
@@ -68,6 +78,11 @@ impl IntoCaseHeaderName for (HeaderName, &'static str) {
             return None;
         }
         Some((name, CaseHeaderName(Bytes::from_static(case.as_bytes()))))
+    }
+
+    fn into_name(self) -> Option<HeaderName> {
+        let (name, case) = self;
+        name.as_str().eq_ignore_ascii_case(case).then_some(name)
     }
 }
 
@@ -98,6 +113,10 @@ impl IntoCaseHeaderName for HeaderName {
         let case = CaseHeaderName(titled_header_name(&self));
         Some((self, case))
     }
+
+    fn into_name(self) -> Option<HeaderName> {
+        Some(self)
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
@@ -107,6 +126,10 @@ impl IntoCaseHeaderName for &HeaderName {
 
     fn into_names(self) -> Option<(HeaderName, CaseHeaderName)> {
         Some((self.clone(), CaseHeaderName(titled_header_name(self))))
+    }
+
+    fn into_name(self) -> Option<HeaderName> {
+        Some(self.clone())
     }
 }
 
@@ -148,6 +171,23 @@ pub(crate) fn titled_header_name_str(header_name: &HeaderName) -> Option<&'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_alone_is_the_name_of_both() {
+        fn same(name: impl IntoCaseHeaderName + Clone) {
+            let both = name.clone().into_names().map(|(n, _)| n);
+            assert_eq!(name.into_name(), both);
+        }
+        same(HeaderName::from_static("x-request-id"));
+        same(&HeaderName::from_static("x-request-id"));
+        same(header::SERVER);
+        same((HeaderName::from_static("x-a"), "X-A"));
+        same((HeaderName::from_static("x-a"), "X-B"));
+        same("X-Custom");
+        same("bad name");
+        assert_eq!((HeaderName::from_static("x-a"), "X-B").into_name(), None);
+        assert_eq!("bad name".into_name(), None);
+    }
 
     #[test]
     fn test_case_header_name() {

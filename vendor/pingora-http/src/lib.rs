@@ -872,18 +872,22 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let (header_name, case_header_name) = name
-        .into_names()
-        .ok_or_else(|| pingora_error::Error::explain(InvalidHTTPHeader, "invalid header name"))?;
-    // store the original case in the map
-    if let Some(name_map) = name_map {
-        // Use the non-panicking `try_append`: the infallible `append` calls
-        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-        name_map
-            .try_append(header_name.clone(), case_header_name)
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-    }
+    let invalid = || pingora_error::Error::explain(InvalidHTTPHeader, "invalid header name");
+    // Without a case map only the name is needed: its case form is not made.
+    let header_name = match name_map {
+        None => name.into_name().ok_or_else(invalid)?,
+        Some(name_map) => {
+            let (header_name, case_header_name) = name.into_names().ok_or_else(invalid)?;
+            // store the original case in the map
+            // Use the non-panicking `try_append`: the infallible `append` calls
+            // `.expect("size overflows MAX_SIZE")` internally, which would abort the
+            // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
+            name_map
+                .try_append(header_name.clone(), case_header_name)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            header_name
+        }
+    };
 
     // Non-panicking `try_append` for the same reason as the case map above.
     value_map.try_append(header_name, value).or_err(
@@ -899,13 +903,17 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let (header_name, case_header_name) = name
-        .into_names()
-        .ok_or_else(|| pingora_error::Error::explain(InvalidHTTPHeader, "invalid header name"))?;
-    if let Some(name_map) = name_map {
-        // store the original case in the map
-        name_map.insert(header_name.clone(), case_header_name);
-    }
+    let invalid = || pingora_error::Error::explain(InvalidHTTPHeader, "invalid header name");
+    // Without a case map only the name is needed: its case form is not made.
+    let header_name = match name_map {
+        None => name.into_name().ok_or_else(invalid)?,
+        Some(name_map) => {
+            let (header_name, case_header_name) = name.into_names().ok_or_else(invalid)?;
+            // store the original case in the map
+            name_map.insert(header_name.clone(), case_header_name);
+            header_name
+        }
+    };
     value_map.insert(header_name, value);
     Ok(())
 }
