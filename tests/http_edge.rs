@@ -73,6 +73,71 @@ fn hop_by_hop_fields_never_reach_the_upstream() {
     assert_eq!(r.upstream_headers("x-kept"), ["end to end"]);
 }
 
+/// An upstream answering every request with `head` (status line and fields) and a short body,
+/// keep-alive.
+fn answering_upstream(head: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = format!("{head}Content-Length: 2\r\n\r\nok");
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn http1_connection_fields_of_an_answer_never_reach_an_h2_client() {
+    // HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2): an answer carrying them is
+    // passed on without them, not refused.
+    let up = answering_upstream(
+        "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Kept: end to end\r\n",
+    );
+    let plain = answering_upstream("HTTP/1.1 200 OK\r\nX-Kept: end to end\r\n");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  hop: {{peers: [\"{up}\"]}}\n  plain: {{peers: [\"{plain}\"]}}\nroutes:\n  - {{prefix: /hop/, upstream: hop}}\n  - {{prefix: /, upstream: plain}}\n"
+    ));
+    for path in ["/hop/x", "/x", "/hop/y"] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-i", "--http2-prior-knowledge", "--max-time", "10"])
+            .arg(format!("http://{}{path}", gw.addr))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(
+            text.starts_with("http/2 200"),
+            "{path}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("x-kept: end to end"), "{path}: {text}");
+        assert!(text.ends_with("ok"), "{path}: {text}");
+        for name in ["connection:", "keep-alive:", "proxy-connection:"] {
+            assert!(
+                !text.contains(name),
+                "{path}: {name} reached the client: {text}"
+            );
+        }
+    }
+}
+
 #[test]
 fn behind_a_trusted_proxy_the_client_is_the_right_most_untrusted_address() {
     let echo = echo();
