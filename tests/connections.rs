@@ -18,14 +18,7 @@ fn upstream(echo: &EchoServer) -> String {
 
 /// Read one response (head and a Content-Length body) from a keep-alive connection.
 fn read_response(s: &mut TcpStream) -> Option<Response> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => buf.push(byte[0]),
-            _ => return None,
-        }
-    }
+    let mut buf = read_head(s)?;
     let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
     let len: usize = head
         .lines()
@@ -399,14 +392,9 @@ fn gathering_upstream(n: usize) -> SocketAddr {
             let Ok(mut conn) = conn else { return };
             let arrived = arrived.clone();
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if conn.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(head) = read_head(&mut conn) else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 let field = |name: &str| {
                     head.lines()

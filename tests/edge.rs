@@ -316,14 +316,9 @@ fn upgrade_upstream() -> SocketAddr {
 }
 
 fn serve_upgrade(mut c: TcpStream) {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if c.read(&mut b).unwrap_or(0) == 0 {
-            return;
-        }
-        head.push(b[0]);
-    }
+    let Some(head) = read_head(&mut c) else {
+        return;
+    };
     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
     if text.contains("\r\nupgrade: websocket") {
         let _ = c.write_all(
@@ -575,14 +570,9 @@ fn framing_upstream() -> SocketAddr {
     std::thread::spawn(move || {
         for mut c in l.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if c.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
+                let Some(head) = read_head(&mut c) else {
+                    return;
+                };
                 let text = String::from_utf8_lossy(&head);
                 let path = text.split(' ').nth(1).unwrap_or("");
                 let fields = match path {

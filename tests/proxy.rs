@@ -174,20 +174,15 @@ fn admin_listener_answers_healthz() {
 /// An upstream that answers every request with the request head it received, byte for byte,
 /// and a header of its own in mixed case.
 fn head_upstream() -> std::net::SocketAddr {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for mut c in l.incoming().flatten() {
             std::thread::spawn(move || loop {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if c.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
+                let Some(head) = common::read_head(&mut c) else {
+                    return;
+                };
                 let mut answer = format!(
                     "HTTP/1.1 200 OK\r\nX-Upstream-Mixed: yes\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
                     head.len()
@@ -215,16 +210,7 @@ fn content_length(head: &str) -> Option<usize> {
 /// Read one response with a `Content-Length` body from a keep-alive connection.
 fn read_one(s: &mut std::net::TcpStream) -> (String, String) {
     use std::io::Read;
-    let mut buf = Vec::new();
-    let mut b = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut b).unwrap(),
-            1,
-            "the gateway closed mid-response"
-        );
-        buf.push(b[0]);
-    }
+    let buf = common::read_head(s).expect("the gateway closed mid-response");
     let head = String::from_utf8(buf).unwrap();
     let len: usize = content_length(&head).expect("a Content-Length");
     let mut body = vec![0u8; len];

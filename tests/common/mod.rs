@@ -357,6 +357,20 @@ pub fn request(
 }
 
 /// Send raw bytes; parse what comes back. `None` if the connection closed without a response.
+/// Read a message head (through its blank line) a byte at a time, so nothing after it is
+/// consumed; `None` if the stream ends or fails first.
+pub fn read_head(r: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match r.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
 pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Option<Response> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
