@@ -11,7 +11,6 @@ use crate::observe::metrics::{metrics, no_route_metrics};
 use crate::policy::{Policy, Route};
 use crate::reload::Live;
 use crate::upstream::{Choice, HashKey, Pool};
-use async_trait::async_trait;
 use http::HeaderName;
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -409,7 +408,6 @@ async fn respond(session: &mut Session, ctx: &Ctx, reject: &Reject) -> Result<bo
     Ok(true)
 }
 
-#[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
