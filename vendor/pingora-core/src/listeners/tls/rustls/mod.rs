@@ -38,7 +38,11 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    config_hook: Option<ServerConfigHook>,
 }
+
+/// A change to the rustls [`ServerConfig`] that `build()` makes, applied last.
+pub type ServerConfigHook = Box<dyn FnOnce(&mut ServerConfig) + Send + Sync>;
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
@@ -94,6 +98,9 @@ impl TlsSettings {
         if let Some(alpn_protocols) = self.alpn_protocols {
             config.alpn_protocols = alpn_protocols;
         }
+        if let Some(hook) = self.config_hook {
+            hook(&mut config);
+        }
 
         Acceptor {
             acceptor: RusTlsAcceptor::from(Arc::new(config)),
@@ -117,6 +124,16 @@ impl TlsSettings {
     /// Configure mTLS by providing a rustls client certificate verifier.
     pub fn set_client_cert_verifier(&mut self, verifier: Arc<dyn ClientCertVerifier>) {
         self.client_cert_verifier = Some(verifier);
+    }
+
+    /// Change the rustls [`ServerConfig`] that `build()` makes, after everything else is set:
+    /// for what these settings have no setter of their own (session storage and TLS 1.3
+    /// tickets, record sizes, key logging). A second call replaces the first.
+    pub fn set_server_config_hook(
+        &mut self,
+        hook: impl FnOnce(&mut ServerConfig) + Send + Sync + 'static,
+    ) {
+        self.config_hook = Some(Box::new(hook));
     }
 
     /// Install a user-provided server certificate resolver.
@@ -200,6 +217,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            config_hook: None,
         })
     }
 
@@ -220,6 +238,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            config_hook: None,
         })
     }
 }
