@@ -159,7 +159,12 @@ impl Reloader {
         // the next handshake on.
         for (name, resolver) in &self.live.tls {
             match new.tls.get(name) {
-                Some(p) => resolver.install(p.clone()),
+                Some(p) => {
+                    if p.session_resumption != resolver.session_resumption {
+                        log::warn!("tls.{name}.session_resumption changed: restart to apply");
+                    }
+                    resolver.install(p.clone())
+                }
                 None => log::warn!(
                     "tls.{name} was removed: its listeners keep their certificates until a restart"
                 ),

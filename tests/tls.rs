@@ -169,6 +169,65 @@ fn certificates_by_sni_tls_versions_and_alpn() {
     assert_eq!((code, version.as_str()), (200, "1.1"));
 }
 
+/// A returning client resumes its session (TLS 1.2 session id, TLS 1.3 ticket) on a profile
+/// with the default `session_resumption`, and makes a full handshake every time on one with it
+/// off; both answer the requests of every connection.
+#[test]
+fn sessions_resume_unless_the_profile_turns_resumption_off() {
+    let s = setup();
+    let echo = echo();
+    let (on, off, admin) = (free_port(), free_port(), free_port());
+    let pair = format!(
+        r#"{{cert: "{}", key: "{}"}}"#,
+        s.api.cert.display(),
+        s.api.key.display()
+    );
+    let yaml = format!(
+        r#"server:
+  listen:
+    - {{addr: "127.0.0.1:{on}", tls: edge}}
+    - {{addr: "127.0.0.1:{off}", tls: full}}
+  threads: 1
+  admin: "127.0.0.1:{admin}"
+tls:
+  edge: {{certificates: [{pair}]}}
+  full: {{certificates: [{pair}], session_resumption: false}}
+upstreams:
+  api: {{peers: ["{}"]}}
+routes:
+  - {{prefix: /, upstream: api}}
+"#,
+        echo.addr
+    );
+    let _gw = Gateway::start_raw(&yaml, on, admin);
+    // Both listeners belong to one service, started together; make sure of the second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", off)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listener {off} never came up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for v in ["1.2", "1.3"] {
+        let r = client(on, &["--tls", v, "--get", "/x", "--resume", "2"]);
+        assert_eq!(r["version"], format!("TLSv{v}"), "{r}");
+        assert_eq!(
+            r["resumed"],
+            json!([true, true]),
+            "TLS {v}, resumption on: {r}"
+        );
+        assert_eq!(r["resumed_statuses"], json!([[200], [200]]), "{r}");
+        let r = client(off, &["--tls", v, "--get", "/x", "--resume", "2"]);
+        assert_eq!(
+            r["resumed"],
+            json!([false, false]),
+            "TLS {v}, resumption off: {r}"
+        );
+        assert_eq!(r["resumed_statuses"], json!([[200], [200]]), "{r}");
+    }
+}
+
 #[test]
 fn auth_behaves_the_same_over_h2_and_h2c() {
     let s = setup();

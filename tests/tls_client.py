@@ -3,8 +3,11 @@ HTTP/1.1 requests on the one connection.
 
 Usage: tls_client.py PORT [--sni NAME] [--alpn P1,P2] [--tls 1.2|1.3] [--cafile F]
                           [--cert F --key F] [--ciphers OPENSSL-LIST] [--header "K: V"]...
-                          [--get PATH]... [--pause SECONDS]
+                          [--get PATH]... [--pause SECONDS] [--resume N]
 Prints one JSON object: version, alpn, cert_sha256 (of the leaf), and statuses of the requests.
+With --resume N, N more connections follow, each offering the session the one before it got
+(after its requests, so a TLS 1.3 ticket has arrived) and making the same requests; "resumed"
+lists whether the server took each one up, "resumed_statuses" their requests' statuses.
 Certificates are not verified unless --cafile is given (the tests look at which one was sent).
 """
 import hashlib
@@ -16,7 +19,7 @@ import time
 
 args = sys.argv[1:]
 port = int(args.pop(0))
-sni, alpn, version, cafile, gets, pause = None, None, None, None, [], 0.0
+sni, alpn, version, cafile, gets, pause, resume = None, None, None, None, [], 0.0, 0
 cert, key, headers, ciphers = None, None, [], None
 proxy = None  # bytes sent before the TLS handshake (a PROXY protocol header)
 while args:
@@ -34,6 +37,8 @@ while args:
         gets.append(value)
     elif flag == "--pause":
         pause = float(value)
+    elif flag == "--resume":
+        resume = int(value)
     elif flag == "--cert":
         cert = value
     elif flag == "--key":
@@ -69,12 +74,51 @@ if version == "1.2":
 elif version == "1.3":
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
 
-out = {}
-try:
+
+def connect(session=None):
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     if proxy:
         raw.sendall(proxy)
-    s = ctx.wrap_socket(raw, server_hostname=sni)
+    return ctx.wrap_socket(raw, server_hostname=sni, session=session)
+
+
+def requests(s, out):
+    """Send the --get requests on `s`; returns their statuses and bodies."""
+    statuses, bodies = [], []
+    f = s.makefile("rb")
+    for i, path in enumerate(gets):
+        if i > 0 and pause:
+            time.sleep(pause)
+        host = sni or "127.0.0.1"
+        extra = "".join(f"{h}\r\n" for h in headers)
+        try:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+            line = f.readline()
+        except (ssl.SSLError, OSError) as e:
+            out["error"] = str(e)
+            break
+        if not line:
+            out["error"] = "connection closed"
+            break
+        status = line.split(b" ")[1].decode()
+        length = 0
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode().partition(":")
+            if k.strip().lower() == "content-length":
+                length = int(v.strip())
+            if k.strip().lower() == "www-authenticate":
+                out["www_authenticate"] = v.strip()
+        bodies.append(f.read(length).decode(errors="replace"))
+        statuses.append(int(status))
+    return statuses, bodies
+
+
+out = {}
+try:
+    s = connect()
 except (ssl.SSLError, OSError) as e:
     print(json.dumps({"error": str(e)}))
     sys.exit(0)
@@ -83,36 +127,11 @@ out["alpn"] = s.selected_alpn_protocol()
 out["cert_sha256"] = hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
 # Under TLS 1.3 a refused client certificate shows only on the first read or write (the
 # statuses, or "error"); with no requests, try a read to surface it.
-statuses = []
-bodies = []
-f = s.makefile("rb")
-for i, path in enumerate(gets):
-    if i > 0 and pause:
-        time.sleep(pause)
-    host = sni or "127.0.0.1"
-    extra = "".join(f"{h}\r\n" for h in headers)
-    try:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
-        line = f.readline()
-    except (ssl.SSLError, OSError) as e:
-        out["error"] = str(e)
-        break
-    if not line:
-        out["error"] = "connection closed"
-        break
-    status = line.split(b" ")[1].decode()
-    length = 0
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        k, _, v = line.decode().partition(":")
-        if k.strip().lower() == "content-length":
-            length = int(v.strip())
-        if k.strip().lower() == "www-authenticate":
-            out["www_authenticate"] = v.strip()
-    bodies.append(f.read(length).decode(errors="replace"))
-    statuses.append(int(status))
-out["statuses"] = statuses
-out["bodies"] = bodies
+out["statuses"], out["bodies"] = requests(s, out)
+if resume:
+    out["resumed"], out["resumed_statuses"] = [], []
+    for _ in range(resume):
+        s = connect(s.session)
+        out["resumed"].append(s.session_reused)
+        out["resumed_statuses"].append(requests(s, out)[0])
 print(json.dumps(out))

@@ -406,6 +406,10 @@ pub struct TlsProfileConfig {
     pub certificates: Vec<CertificateConfig>,
     /// Client certificates (mTLS).
     pub client_auth: Option<ClientAuthConfig>,
+    /// Whether a returning client may resume its TLS session (an abbreviated handshake) instead
+    /// of making a full one. Default true.
+    #[serde(default = "yes")]
+    pub session_resumption: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]

@@ -131,6 +131,9 @@ pub struct Profile {
     pub store: CertStore,
     /// Client certificates (mTLS), when the profile asks for them.
     pub client_auth: Option<Arc<ClientAuth>>,
+    /// Sessions kept and TLS 1.3 tickets sent, so returning clients resume (fixed for a
+    /// listener when it starts: `Resolver::session_resumption`).
+    pub session_resumption: bool,
 }
 
 /// The `tls` section. A profile with any certificate that does not load is an error naming
@@ -183,6 +186,7 @@ pub fn compile(
                     pairs,
                     store: CertStore::new(certs),
                     client_auth: client_auth.flatten(),
+                    session_resumption: p.session_resumption,
                 }),
             );
         }
@@ -206,6 +210,7 @@ impl Profile {
             pairs: self.pairs.clone(),
             store: CertStore::new(certs),
             client_auth: self.client_auth.clone(),
+            session_resumption: self.session_resumption,
         })
     }
 }
@@ -214,6 +219,8 @@ impl Profile {
 #[derive(Debug)]
 pub struct Resolver {
     pub name: String,
+    /// The profile's `session_resumption` when its listeners were built (a restart changes it).
+    pub session_resumption: bool,
     profile: ArcSwap<Profile>,
     hellos: prometheus::IntCounter,
 }
@@ -233,6 +240,7 @@ impl Resolver {
     pub fn new(profile: Arc<Profile>) -> Arc<Resolver> {
         let r = Arc::new(Resolver {
             name: profile.name.clone(),
+            session_resumption: profile.session_resumption,
             profile: ArcSwap::new(profile.clone()),
             hellos: metrics()
                 .tls_client_hellos
