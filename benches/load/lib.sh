@@ -67,6 +67,19 @@ bench_cert() { # bench_cert: one self-signed ECDSA P-256 certificate for bench.t
         -addext subjectAltName=DNS:bench.test -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 }
 
+tls_sessions() { # tls_sessions PORT PATH true|false [HEADER]: two reconnects offering the session
+    # before them must (true) or must not (false) be resumed, over TLS 1.3, each answering 200.
+    local r
+    r=$(python3 "$(dirname "${BASH_SOURCE[0]}")/../../tests/tls_client.py" "$1" \
+        ${4:+--header "$4"} --get "$2" --resume 2)
+    python3 -c 'import json, sys
+r = json.loads(sys.argv[1]); want = sys.argv[2] == "true"
+assert r.get("version") == "TLSv1.3", r
+assert r.get("resumed") == [want, want], r
+assert r.get("resumed_statuses") == [[200], [200]], r' "$r" "$3" ||
+        { echo "TLS sessions on port $1: $r (resumption expected: $3)" >&2; exit 1; }
+}
+
 start_upstream() { # start_upstream CORE: nginx on a free port, in $UP
     UP=$(port)
     nginx_conf upstream "    keepalive_timeout 300s;

@@ -4,9 +4,15 @@
 # upstream (HTTP/1.1 keep-alive behind every proxy). Rows:
 #   - HTTPS keep-alive with an HS256 token (wrk -t1 -c64): portcullis verifies it, HAProxy
 #     jwt_verify verifies it, nginx proxies without a check (the ceiling);
-#   - new TLS connections per second, one request each: full handshakes (h2load, which keeps no
-#     session) and resumed ones (wrk: OpenSSL keeps the session across its reconnects);
+#   - new TLS connections per second, one request each: full handshakes (h2load, against a
+#     second listener of each proxy with session resumption off — h2load offers the previous
+#     connection's session on every reconnect, so without that its handshakes are resumptions)
+#     and resumed ones (wrk: OpenSSL keeps the session across its reconnects);
 #   - HTTP/2 over TLS, 64 streams over 4 connections (h2load -c4 -m16).
+# Every proxy speaks TLS 1.2 and 1.3 and clients choose 1.3 (nginx 1.22 needs `ssl_protocols` for
+# it: without, its default stops at 1.2, and a 1.2 resumption needs no key exchange at all). The
+# setup checks, before measuring, that each proxy's full-handshake port never resumes, that its
+# other port does, and that every handshake is TLS 1.3.
 # The proxies are pinned to core 0 with one worker thread each; the clients and the upstream
 # share core 1. Every row is measured ROUNDS times next to its peer rows; the report gives each
 # row's median round and the median of the per-round ratios.
@@ -34,11 +40,12 @@ bench_cert
 cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy.pem"
 
 # --- portcullis, twice: aws-lc-rs (the default) and ring ----------------------------------------
-portcullis_conf() { # portcullis_conf FILE PORT
+portcullis_conf() { # portcullis_conf FILE PORT FULL_PORT (the second: no session resumption)
     cat >"$1" <<EOF
-server: {listen: [{addr: "127.0.0.1:$2", tls: bench}], threads: 1}
+server: {listen: [{addr: "127.0.0.1:$2", tls: bench}, {addr: "127.0.0.1:$3", tls: full}], threads: 1}
 tls:
   bench: {certificates: [{cert: "$WORK/cert.pem", key: "$WORK/key.pem"}]}
+  full: {certificates: [{cert: "$WORK/cert.pem", key: "$WORK/key.pem"}], session_resumption: false}
 upstreams:
   api: {peers: ["127.0.0.1:$UP"]}
 keys:
@@ -50,18 +57,25 @@ routes:
   - {prefix: /, upstream: api}
 EOF
 }
-GW=$(port); GW_RING=$(port)
-portcullis_conf "$WORK/portcullis.yaml" "$GW"
-portcullis_conf "$WORK/portcullis-ring.yaml" "$GW_RING"
+GW=$(port); GW_RING=$(port); GW_FULL=$(port); GW_RING_FULL=$(port)
+portcullis_conf "$WORK/portcullis.yaml" "$GW" "$GW_FULL"
+portcullis_conf "$WORK/portcullis-ring.yaml" "$GW_RING" "$GW_RING_FULL"
 
 # --- nginx: TLS, h2, plain proxy ----------------------------------------------------------------
-NG=$(port)
+NG=$(port); NG_FULL=$(port)
 nginx_conf proxy "    upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 10000000; }
+    ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
     server {
         listen 127.0.0.1:$NG ssl http2;
-        ssl_certificate $WORK/cert.pem;
-        ssl_certificate_key $WORK/key.pem;
         ssl_session_cache shared:SSL:10m;
+        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }
+    server {
+        listen 127.0.0.1:$NG_FULL ssl;
+        ssl_session_cache off;
+        ssl_session_tickets off;
         location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
     }"
 
@@ -77,12 +91,22 @@ frontend tls
     http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$SECRET") -m int 1 }
     default_backend be
 EOF
+# The same, with no session cache and no tickets, for the full-handshake row: HAProxy's session
+# cache is process-wide, hence a second process (HAProxy merges a second global section).
+HA_FULL=$(port)
+{ sed '/^frontend tls/,$d' "$WORK/haproxy.cfg"
+  printf 'global\n    tune.ssl.cachesize 0\n'
+  sed -n '/^frontend tls/,$p' "$WORK/haproxy.cfg" |
+      sed "s|bind 127.0.0.1:$HA ssl crt $WORK/haproxy.pem alpn h2,http/1.1|bind 127.0.0.1:$HA_FULL ssl crt $WORK/haproxy.pem no-tls-tickets|"
+} >"$WORK/haproxy-full.cfg"
+grep -q "bind 127.0.0.1:$HA_FULL" "$WORK/haproxy-full.cfg"
 
 start "$PROXY_CORE" "$WORK/portcullis.log" "$BIN" run -c "$WORK/portcullis.yaml"
 start "$PROXY_CORE" "$WORK/portcullis-ring.log" env PORTCULLIS_TLS_PROVIDER=ring "$BIN" run -c "$WORK/portcullis-ring.yaml"
 start "$PROXY_CORE" "$WORK/nginx.log" nginx -c "$WORK/proxy.conf" -p "$WORK"
 start "$PROXY_CORE" "$WORK/haproxy.log" haproxy -f "$WORK/haproxy.cfg" -db
-for p in "$GW" "$GW_RING" "$NG" "$HA"; do wait_port "$p"; done
+start "$PROXY_CORE" "$WORK/haproxy-full.log" haproxy -f "$WORK/haproxy-full.cfg" -db
+for p in "$GW" "$GW_RING" "$GW_FULL" "$GW_RING_FULL" "$NG" "$NG_FULL" "$HA" "$HA_FULL"; do wait_port "$p"; done
 
 # --- correctness first: every row's URL answers as it should -------------------------------------
 expect() { # expect CODE URL [curl args]
@@ -99,6 +123,9 @@ for base in "https://127.0.0.1:$GW/hs" "https://127.0.0.1:$GW_RING/hs" "https://
     expect 200 "$base/x" -H "$AUTH" --http2
 done
 expect 200 "https://127.0.0.1:$NG/x" --http2
+# Sessions: TLS 1.3 everywhere; the full-handshake ports never resume, the others do.
+for p in "$NG" "$HA" "$GW" "$GW_RING"; do tls_sessions "$p" /hs/x true "$AUTH"; done
+for p in "$NG_FULL" "$HA_FULL" "$GW_FULL" "$GW_RING_FULL"; do tls_sessions "$p" /hs/x false "$AUTH"; done
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
@@ -128,8 +155,8 @@ h2load_row() { # h2load_row NAME URL TOKEN UNIT [h2load args]: one run, no non-2
     rps=$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")
     record "$name" "$rps" "$unit"
 }
-# full NAME URL [TOKEN]: a new connection and a full handshake per request (h2load keeps no
-# sessions); HTTP/1.1 with Connection: close, 64 clients; a fixed count, since h2load's -D does
+# full NAME URL [TOKEN]: a new connection and a full handshake per request (the URL's port keeps
+# no sessions, so the one h2load offers is refused); HTTP/1.1 with Connection: close, 64 clients; a fixed count, since h2load's -D does
 # not end when the server closes every connection
 full() { h2load_row "$1" "$2" "${3:-}" "conn/s" --h1 -c"$CONNECTIONS" -n "${HANDSHAKES:-20000}" -H "Connection: close"; }
 # h2 NAME URL [TOKEN]: 64 streams over 4 connections
@@ -144,10 +171,10 @@ for round in $(seq "$ROUNDS"); do
         keepalive "https keep-alive portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
     fi
     if want full; then
-        full "full handshakes nginx" "https://127.0.0.1:$NG/x"
-        full "full handshakes haproxy HS256" "https://127.0.0.1:$HA/x" "$TOKEN"
-        full "full handshakes portcullis HS256" "https://127.0.0.1:$GW/hs/x" "$TOKEN"
-        full "full handshakes portcullis ring HS256" "https://127.0.0.1:$GW_RING/hs/x" "$TOKEN"
+        full "full handshakes nginx" "https://127.0.0.1:$NG_FULL/x"
+        full "full handshakes haproxy HS256" "https://127.0.0.1:$HA_FULL/x" "$TOKEN"
+        full "full handshakes portcullis HS256" "https://127.0.0.1:$GW_FULL/hs/x" "$TOKEN"
+        full "full handshakes portcullis ring HS256" "https://127.0.0.1:$GW_RING_FULL/hs/x" "$TOKEN"
     fi
     if want resumed; then
         resumed "resumed connections nginx" "https://127.0.0.1:$NG/x"
