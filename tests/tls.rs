@@ -171,7 +171,8 @@ fn certificates_by_sni_tls_versions_and_alpn() {
 
 /// A returning client resumes its session (TLS 1.2 session id, TLS 1.3 ticket) on a profile
 /// with the default `session_resumption`, and makes a full handshake every time on one with it
-/// off; both answer the requests of every connection.
+/// off; both answer the requests of every connection. A reload cannot change it for a running
+/// listener, and says so.
 #[test]
 fn sessions_resume_unless_the_profile_turns_resumption_off() {
     let s = setup();
@@ -199,7 +200,7 @@ routes:
 "#,
         echo.addr
     );
-    let _gw = Gateway::start_raw(&yaml, on, admin);
+    let gw = Gateway::start_raw(&yaml, on, admin);
     // Both listeners belong to one service, started together; make sure of the second.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", off)).is_err() {
@@ -226,6 +227,18 @@ routes:
         );
         assert_eq!(r["resumed_statuses"], json!([[200], [200]]), "{r}");
     }
+    // Turned on by a reload: the running listener keeps what it started with, and says so.
+    let conf = gw.dir.join("portcullis.yaml");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace(", session_resumption: false", "")).unwrap();
+    gw.signal("-HUP");
+    eventually("the reload's warning", Duration::from_secs(5), || {
+        gw.log()
+            .contains("tls.full.session_resumption changed: restart to apply")
+            .then_some(())
+    });
+    let r = client(off, &["--get", "/x", "--resume", "1"]);
+    assert_eq!(r["resumed"], json!([false]), "{r}");
 }
 
 #[test]
