@@ -163,6 +163,9 @@ impl Reloader {
                     if p.session_resumption != resolver.session_resumption {
                         log::warn!("tls.{name}.session_resumption changed: restart to apply");
                     }
+                    if p.session_cache != resolver.session_cache {
+                        log::warn!("tls.{name}.session_cache changed: restart to apply");
+                    }
                     resolver.install(p.clone())
                 }
                 None => log::warn!(

@@ -201,15 +201,7 @@ routes:
         echo.addr
     );
     let gw = Gateway::start_raw(&yaml, on, admin);
-    // Both listeners belong to one service, started together; make sure of the second.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", off)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "listener {off} never came up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    listening(off);
     for v in ["1.2", "1.3"] {
         let r = client(on, &["--tls", v, "--get", "/x", "--resume", "2"]);
         assert_eq!(r["version"], format!("TLSv{v}"), "{r}");
@@ -239,6 +231,63 @@ routes:
     });
     let r = client(off, &["--get", "/x", "--resume", "1"]);
     assert_eq!(r["resumed"], json!([false]), "{r}");
+}
+
+/// `session_cache` bounds the sessions a listener keeps, oldest out first: with room for 4 (two
+/// TLS 1.3 tickets a handshake), a session is gone after three more clients came; with the
+/// default (20000) it is still there after 150 — which rustls' own default of 256 would not
+/// keep.
+#[test]
+fn the_session_cache_keeps_the_newest_sessions_up_to_its_size() {
+    let s = setup();
+    let echo = echo();
+    let (big, small, admin) = (free_port(), free_port(), free_port());
+    let pair = format!(
+        r#"{{cert: "{}", key: "{}"}}"#,
+        s.api.cert.display(),
+        s.api.key.display()
+    );
+    let yaml = format!(
+        r#"server:
+  listen:
+    - {{addr: "127.0.0.1:{big}", tls: big}}
+    - {{addr: "127.0.0.1:{small}", tls: small}}
+  threads: 1
+  admin: "127.0.0.1:{admin}"
+tls:
+  big: {{certificates: [{pair}]}}
+  small: {{certificates: [{pair}], session_cache: 4}}
+upstreams:
+  api: {{peers: ["{}"]}}
+routes:
+  - {{prefix: /, upstream: api}}
+"#,
+        echo.addr
+    );
+    let _gw = Gateway::start_raw(&yaml, big, admin);
+    listening(small);
+    let run = |port: u16, fresh: &str| {
+        client(
+            port,
+            &[
+                "--tls", "1.3", "--get", "/x", "--fresh", fresh, "--resume", "1",
+            ],
+        )
+    };
+    assert_eq!(run(small, "0")["resumed"], json!([true]), "room for it");
+    assert_eq!(run(small, "3")["resumed"], json!([false]), "pushed out");
+    assert_eq!(
+        run(big, "150")["resumed"],
+        json!([true]),
+        "the default keeps it"
+    );
+}
+
+/// A second listener of the gateway (one service, started with the first) accepts connections.
+fn listening(port: u16) {
+    eventually("the listener", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
 }
 
 #[test]
@@ -471,6 +520,14 @@ fn certificate_problems_are_check_errors_naming_the_file() {
             ),
             ("tls.edge.certificates[2].cert", "no PEM certificate"),
         ],
+    );
+    let err = check_refuses_yaml(&conf(&pair(&s.api.cert, &s.api.key), tls).replace(
+        "    certificates:",
+        "    session_cache: 0\n    certificates:",
+    ));
+    assert_errors(
+        &err,
+        &[("tls.edge.session_cache", "between 1 and 10000000")],
     );
     let err = check_refuses_yaml(&conf(
         &pair(&s.api.cert, &s.api.key),

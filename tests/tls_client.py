@@ -3,11 +3,13 @@ HTTP/1.1 requests on the one connection.
 
 Usage: tls_client.py PORT [--sni NAME] [--alpn P1,P2] [--tls 1.2|1.3] [--cafile F]
                           [--cert F --key F] [--ciphers OPENSSL-LIST] [--header "K: V"]...
-                          [--get PATH]... [--pause SECONDS] [--resume N]
+                          [--get PATH]... [--pause SECONDS] [--resume N [--fresh K]]
 Prints one JSON object: version, alpn, cert_sha256 (of the leaf), and statuses of the requests.
 With --resume N, N more connections follow, each offering the session the one before it got
 (after its requests, so a TLS 1.3 ticket has arrived) and making the same requests; "resumed"
-lists whether the server took each one up, "resumed_statuses" their requests' statuses.
+lists whether the server took each one up, "resumed_statuses" their requests' statuses. With
+--fresh K, K connections of their own (no session offered, the same requests) come first, so
+the first session is offered after the server has made K more.
 Certificates are not verified unless --cafile is given (the tests look at which one was sent).
 """
 import hashlib
@@ -19,7 +21,7 @@ import time
 
 args = sys.argv[1:]
 port = int(args.pop(0))
-sni, alpn, version, cafile, gets, pause, resume = None, None, None, None, [], 0.0, 0
+sni, alpn, version, cafile, gets, pause, resume, fresh = None, None, None, None, [], 0.0, 0, 0
 cert, key, headers, ciphers = None, None, [], None
 proxy = None  # bytes sent before the TLS handshake (a PROXY protocol header)
 while args:
@@ -39,6 +41,8 @@ while args:
         pause = float(value)
     elif flag == "--resume":
         resume = int(value)
+    elif flag == "--fresh":
+        fresh = int(value)
     elif flag == "--cert":
         cert = value
     elif flag == "--key":
@@ -130,6 +134,10 @@ out["cert_sha256"] = hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
 out["statuses"], out["bodies"] = requests(s, out)
 if resume:
     out["resumed"], out["resumed_statuses"] = [], []
+    for _ in range(fresh):
+        other = connect()
+        requests(other, out)
+        other.close()
     for _ in range(resume):
         s = connect(s.session)
         out["resumed"].append(s.session_reused)

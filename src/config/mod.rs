@@ -410,6 +410,14 @@ pub struct TlsProfileConfig {
     /// of making a full one. Default true.
     #[serde(default = "yes")]
     pub session_resumption: bool,
+    /// How many resumable sessions each listener of the profile keeps (TLS 1.2 session ids,
+    /// TLS 1.3 tickets; two per handshake); the oldest go first. Default 20000.
+    #[serde(default = "session_cache_default")]
+    pub session_cache: usize,
+}
+
+fn session_cache_default() -> usize {
+    20_000
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]

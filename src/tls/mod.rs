@@ -134,6 +134,8 @@ pub struct Profile {
     /// Sessions kept and TLS 1.3 tickets sent, so returning clients resume (fixed for a
     /// listener when it starts: `Resolver::session_resumption`).
     pub session_resumption: bool,
+    /// Sessions kept per listener when resumption is on.
+    pub session_cache: usize,
 }
 
 /// The `tls` section. A profile with any certificate that does not load is an error naming
@@ -149,6 +151,13 @@ pub fn compile(
             ctx.error(
                 path,
                 "at least one certificate is needed (the first is the default)",
+            );
+            continue;
+        }
+        if !(1..=10_000_000).contains(&p.session_cache) {
+            ctx.error(
+                format!("tls.{name}.session_cache"),
+                "must be between 1 and 10000000 sessions",
             );
             continue;
         }
@@ -187,6 +196,7 @@ pub fn compile(
                     store: CertStore::new(certs),
                     client_auth: client_auth.flatten(),
                     session_resumption: p.session_resumption,
+                    session_cache: p.session_cache,
                 }),
             );
         }
@@ -211,6 +221,7 @@ impl Profile {
             store: CertStore::new(certs),
             client_auth: self.client_auth.clone(),
             session_resumption: self.session_resumption,
+            session_cache: self.session_cache,
         })
     }
 }
@@ -221,6 +232,8 @@ pub struct Resolver {
     pub name: String,
     /// The profile's `session_resumption` when its listeners were built (a restart changes it).
     pub session_resumption: bool,
+    /// Its `session_cache` then.
+    pub session_cache: usize,
     profile: ArcSwap<Profile>,
     hellos: prometheus::IntCounter,
 }
@@ -241,6 +254,7 @@ impl Resolver {
         let r = Arc::new(Resolver {
             name: profile.name.clone(),
             session_resumption: profile.session_resumption,
+            session_cache: profile.session_cache,
             profile: ArcSwap::new(profile.clone()),
             hellos: metrics()
                 .tls_client_hellos
