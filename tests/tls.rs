@@ -177,31 +177,7 @@ fn certificates_by_sni_tls_versions_and_alpn() {
 fn sessions_resume_unless_the_profile_turns_resumption_off() {
     let s = setup();
     let echo = echo();
-    let (on, off, admin) = (free_port(), free_port(), free_port());
-    let pair = format!(
-        r#"{{cert: "{}", key: "{}"}}"#,
-        s.api.cert.display(),
-        s.api.key.display()
-    );
-    let yaml = format!(
-        r#"server:
-  listen:
-    - {{addr: "127.0.0.1:{on}", tls: edge}}
-    - {{addr: "127.0.0.1:{off}", tls: full}}
-  threads: 1
-  admin: "127.0.0.1:{admin}"
-tls:
-  edge: {{certificates: [{pair}]}}
-  full: {{certificates: [{pair}], session_resumption: false}}
-upstreams:
-  api: {{peers: ["{}"]}}
-routes:
-  - {{prefix: /, upstream: api}}
-"#,
-        echo.addr
-    );
-    let gw = Gateway::start_raw(&yaml, on, admin);
-    listening(off);
+    let (gw, on, off) = two_profiles(&s, &echo, "session_resumption: false");
     for v in ["1.2", "1.3"] {
         let r = client(on, &["--tls", v, "--get", "/x", "--resume", "2"]);
         assert_eq!(r["version"], format!("TLSv{v}"), "{r}");
@@ -226,7 +202,7 @@ routes:
     gw.signal("-HUP");
     eventually("the reload's warning", Duration::from_secs(5), || {
         gw.log()
-            .contains("tls.full.session_resumption changed: restart to apply")
+            .contains("tls.second.session_resumption changed: restart to apply")
             .then_some(())
     });
     let r = client(off, &["--get", "/x", "--resume", "1"]);
@@ -241,31 +217,7 @@ routes:
 fn the_session_cache_keeps_the_newest_sessions_up_to_its_size() {
     let s = setup();
     let echo = echo();
-    let (big, small, admin) = (free_port(), free_port(), free_port());
-    let pair = format!(
-        r#"{{cert: "{}", key: "{}"}}"#,
-        s.api.cert.display(),
-        s.api.key.display()
-    );
-    let yaml = format!(
-        r#"server:
-  listen:
-    - {{addr: "127.0.0.1:{big}", tls: big}}
-    - {{addr: "127.0.0.1:{small}", tls: small}}
-  threads: 1
-  admin: "127.0.0.1:{admin}"
-tls:
-  big: {{certificates: [{pair}]}}
-  small: {{certificates: [{pair}], session_cache: 4}}
-upstreams:
-  api: {{peers: ["{}"]}}
-routes:
-  - {{prefix: /, upstream: api}}
-"#,
-        echo.addr
-    );
-    let _gw = Gateway::start_raw(&yaml, big, admin);
-    listening(small);
+    let (_gw, big, small) = two_profiles(&s, &echo, "session_cache: 4");
     let run = |port: u16, fresh: &str| {
         client(
             port,
@@ -283,11 +235,38 @@ routes:
     );
 }
 
-/// A second listener of the gateway (one service, started with the first) accepts connections.
-fn listening(port: u16) {
-    eventually("the listener", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+/// A gateway with two TLS listeners, profile `first` (defaults) and profile `second` (the same
+/// certificate and `second_fields`), both proxying to `echo`; returns their ports.
+fn two_profiles(s: &Setup, echo: &EchoServer, second_fields: &str) -> (Gateway, u16, u16) {
+    let (first, second, admin) = (free_port(), free_port(), free_port());
+    let pair = format!(
+        r#"{{cert: "{}", key: "{}"}}"#,
+        s.api.cert.display(),
+        s.api.key.display()
+    );
+    let yaml = format!(
+        r#"server:
+  listen:
+    - {{addr: "127.0.0.1:{first}", tls: first}}
+    - {{addr: "127.0.0.1:{second}", tls: second}}
+  threads: 1
+  admin: "127.0.0.1:{admin}"
+tls:
+  first: {{certificates: [{pair}]}}
+  second: {{certificates: [{pair}], {second_fields}}}
+upstreams:
+  api: {{peers: ["{}"]}}
+routes:
+  - {{prefix: /, upstream: api}}
+"#,
+        echo.addr
+    );
+    let gw = Gateway::start_raw(&yaml, first, admin);
+    // One service holds both listeners, started together; make sure of the second.
+    eventually("the second listener", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", second)).ok()
     });
+    (gw, first, second)
 }
 
 #[test]
