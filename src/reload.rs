@@ -160,10 +160,11 @@ impl Reloader {
         for (name, resolver) in &self.live.tls {
             match new.tls.get(name) {
                 Some(p) => {
-                    if p.session_resumption != resolver.session_resumption {
+                    let (is, was) = (p.sessions, resolver.sessions);
+                    if is.resumption != was.resumption {
                         log::warn!("tls.{name}.session_resumption changed: restart to apply");
                     }
-                    if p.session_cache != resolver.session_cache {
+                    if is.cache != was.cache {
                         log::warn!("tls.{name}.session_cache changed: restart to apply");
                     }
                     resolver.install(p.clone())

@@ -171,17 +171,8 @@ pub fn build(policy: Policy, file: &Path) -> std::io::Result<Built> {
                 let callbacks = Box::new(Handshakes::new(&addr));
                 let mut settings = TlsSettings::with_callbacks(callbacks)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let (resume, cache) = (resolver.session_resumption, resolver.session_cache);
-                settings.set_server_config_hook(move |c| {
-                    if resume {
-                        // rustls keeps 256 sessions by default: 128 TLS 1.3 clients.
-                        c.session_storage = rustls::server::ServerSessionMemoryCache::new(cache);
-                    } else {
-                        // No session kept, no TLS 1.3 ticket sent: every handshake is full.
-                        c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-                        c.send_tls13_tickets = 0;
-                    }
-                });
+                let sessions = resolver.sessions;
+                settings.set_server_config_hook(move |c| sessions.apply(c));
                 settings.set_cert_resolver(resolver);
                 if let Some(v) = live.client_verifiers.get(profile) {
                     settings.set_client_cert_verifier(v.clone());

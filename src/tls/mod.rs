@@ -131,11 +131,32 @@ pub struct Profile {
     pub store: CertStore,
     /// Client certificates (mTLS), when the profile asks for them.
     pub client_auth: Option<Arc<ClientAuth>>,
-    /// Sessions kept and TLS 1.3 tickets sent, so returning clients resume (fixed for a
-    /// listener when it starts: `Resolver::session_resumption`).
-    pub session_resumption: bool,
-    /// Sessions kept per listener when resumption is on.
-    pub session_cache: usize,
+    /// Session resumption (fixed for a listener when it starts: `Resolver::sessions`).
+    pub sessions: Sessions,
+}
+
+/// How a listener lets returning clients resume: `tls.<name>.session_resumption` and
+/// `session_cache`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sessions {
+    /// Sessions kept and TLS 1.3 tickets sent.
+    pub resumption: bool,
+    /// How many sessions a listener keeps when resumption is on.
+    pub cache: usize,
+}
+
+impl Sessions {
+    /// Set the listener's rustls session storage and tickets.
+    pub fn apply(self, c: &mut rustls::ServerConfig) {
+        if self.resumption {
+            // rustls keeps 256 sessions by default: 128 TLS 1.3 clients.
+            c.session_storage = rustls::server::ServerSessionMemoryCache::new(self.cache);
+        } else {
+            // No session kept, no TLS 1.3 ticket sent: every handshake is full.
+            c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            c.send_tls13_tickets = 0;
+        }
+    }
 }
 
 /// The `tls` section. A profile with any certificate that does not load is an error naming
@@ -195,8 +216,10 @@ pub fn compile(
                     pairs,
                     store: CertStore::new(certs),
                     client_auth: client_auth.flatten(),
-                    session_resumption: p.session_resumption,
-                    session_cache: p.session_cache,
+                    sessions: Sessions {
+                        resumption: p.session_resumption,
+                        cache: p.session_cache,
+                    },
                 }),
             );
         }
@@ -220,8 +243,7 @@ impl Profile {
             pairs: self.pairs.clone(),
             store: CertStore::new(certs),
             client_auth: self.client_auth.clone(),
-            session_resumption: self.session_resumption,
-            session_cache: self.session_cache,
+            sessions: self.sessions,
         })
     }
 }
@@ -230,10 +252,8 @@ impl Profile {
 #[derive(Debug)]
 pub struct Resolver {
     pub name: String,
-    /// The profile's `session_resumption` when its listeners were built (a restart changes it).
-    pub session_resumption: bool,
-    /// Its `session_cache` then.
-    pub session_cache: usize,
+    /// The profile's sessions when its listeners were built (a restart changes them).
+    pub sessions: Sessions,
     profile: ArcSwap<Profile>,
     hellos: prometheus::IntCounter,
 }
@@ -253,8 +273,7 @@ impl Resolver {
     pub fn new(profile: Arc<Profile>) -> Arc<Resolver> {
         let r = Arc::new(Resolver {
             name: profile.name.clone(),
-            session_resumption: profile.session_resumption,
-            session_cache: profile.session_cache,
+            sessions: profile.sessions,
             profile: ArcSwap::new(profile.clone()),
             hellos: metrics()
                 .tls_client_hellos
