@@ -69,6 +69,10 @@ pub struct HttpSession {
     allow_h1_response_invalid_content_length: bool,
     // Whether the response header keeps the server's field-name case (a second map).
     preserve_header_case: bool,
+    // What the final response header (with the request's `Connection`) says about reusing the
+    // connection, decided when the header is read: `read_resp_header_parts` hands the header
+    // itself on rather than copying it. `None`: close; `Some(0)`: no timeout.
+    header_keepalive: Option<u64>,
 }
 
 /// HTTP 1.x client session
@@ -103,6 +107,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             preserve_header_case: true,
+            header_keepalive: None,
         }
     }
 
@@ -345,6 +350,7 @@ impl HttpSession {
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
+                        self.header_keepalive = self.keepalive_from_header(&response_header);
                         self.response_header = Some(response_header);
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
@@ -443,14 +449,33 @@ impl HttpSession {
         }
     }
 
-    /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    /// Similar to [`Self::read_response()`], read the response header and then return it.
+    ///
+    /// An informational (1xx) header is copied, as the final one is still to come. The final
+    /// header itself is handed over: the session keeps its status code and version only, so
+    /// [`Self::resp_header()`] and [`Self::get_header()`] see no fields after this call. What
+    /// the session still needs of them (body framing, upgrade, keep-alive) was taken when the
+    /// header was read.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let header = self.response_header.as_mut().unwrap();
+        if header.status.is_informational() {
+            return Ok(Box::new(header.as_ref().clone()));
+        }
+        let (mut rest, ()) = http::Response::new(()).into_parts();
+        rest.status = header.status;
+        rest.version = header.version;
+        Ok(Box::new(std::mem::replace(
+            header.as_mut(),
+            ResponseHeader::from(rest),
+        )))
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
+    ///
+    /// After [`Self::read_resp_header_parts()`] (and so [`Self::read_response_task()`]) has
+    /// handed the final header over, only its status code and version are left here.
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
     }
@@ -587,32 +612,26 @@ impl HttpSession {
             return;
         }
 
+        self.set_keepalive(self.header_keepalive);
+    }
+
+    /// What a response header says about reuse, for [`Self::respect_keepalive()`]: `None` to
+    /// close, `Some(seconds)` (0: no timeout) to keep the connection.
+    fn keepalive_from_header(&self, resp: &ResponseHeader) -> Option<u64> {
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
+        if resp.version == Version::HTTP_10
+            && resp.headers.get(header::TRANSFER_ENCODING).is_some()
         {
-            self.set_keepalive(None);
-            return;
+            return None;
         }
-        if let Some(keepalive) = self.is_connection_keepalive() {
-            if keepalive {
-                let (timeout, _max_use) = self.get_keepalive_values();
-                // TODO: respect max_use
-                match timeout {
-                    Some(d) => self.set_keepalive(Some(d)),
-                    None => self.set_keepalive(Some(0)), // infinite
-                }
-            } else {
-                self.set_keepalive(None);
-            }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
-            self.set_keepalive(Some(0)); // on by default for http 1.1
-        } else {
-            self.set_keepalive(None); // off by default for http 1.0
+        match self.is_connection_keepalive(resp) {
+            // TODO: respect max_use
+            Some(true) => Some(Self::get_keepalive_values(resp).0.unwrap_or(0)),
+            Some(false) => None,
+            // on by default for http 1.1, off for http 1.0
+            None if resp.version == Version::HTTP_11 => Some(0),
+            None => None,
         }
     }
 
@@ -621,7 +640,7 @@ impl HttpSession {
         !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
     }
 
-    fn is_connection_keepalive(&self) -> Option<bool> {
+    fn is_connection_keepalive(&self, resp: &ResponseHeader) -> Option<bool> {
         let request_keepalive = self
             .request_written
             .as_ref()
@@ -630,7 +649,7 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => is_buf_keepalive(resp.headers.get(header::CONNECTION)),
         }
     }
 
@@ -638,8 +657,8 @@ impl HttpSession {
     /// This is defined in the below spec, this not part of any RFC, so
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
-    fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
+    fn get_keepalive_values(resp: &ResponseHeader) -> (Option<u64>, Option<usize>) {
+        let Some(keep_alive_header) = resp.headers.get("Keep-Alive") else {
             return (None, None);
         };
 
@@ -2282,6 +2301,12 @@ mod tests_stream {
             KeepaliveStatus::Off
         );
 
+        impl HttpSession {
+            fn keepalive_values(&self) -> (Option<u64>, Option<usize>) {
+                Self::get_keepalive_values(self.resp_header().unwrap())
+            }
+        }
+
         async fn build_resp_with_keepalive_values(keep_alive: &str) -> HttpSession {
             let input = format!("HTTP/1.1 200 OK\r\nKeep-Alive: {keep_alive}\r\n\r\n");
             let mock_io = Builder::new().read(input.as_bytes()).build();
@@ -2295,49 +2320,49 @@ mod tests_stream {
         assert_eq!(
             build_resp_with_keepalive_values("timeout=5, max=1000")
                 .await
-                .get_keepalive_values(),
+                .keepalive_values(),
             (Some(5), Some(1000))
         );
 
         assert_eq!(
             build_resp_with_keepalive_values("max=1000, timeout=5")
                 .await
-                .get_keepalive_values(),
+                .keepalive_values(),
             (Some(5), Some(1000))
         );
 
         assert_eq!(
             build_resp_with_keepalive_values(" timeout = 5, max = 1000 ")
                 .await
-                .get_keepalive_values(),
+                .keepalive_values(),
             (Some(5), Some(1000))
         );
 
         assert_eq!(
             build_resp_with_keepalive_values("timeout=5")
                 .await
-                .get_keepalive_values(),
+                .keepalive_values(),
             (Some(5), None)
         );
 
         assert_eq!(
             build_resp_with_keepalive_values("max=1000")
                 .await
-                .get_keepalive_values(),
+                .keepalive_values(),
             (None, Some(1000))
         );
 
         assert_eq!(
             build_resp_with_keepalive_values("a=b")
                 .await
-                .get_keepalive_values(),
+                .keepalive_values(),
             (None, None)
         );
 
         assert_eq!(
             build_resp_with_keepalive_values("")
                 .await
-                .get_keepalive_values(),
+                .keepalive_values(),
             (None, None)
         );
     }
