@@ -45,7 +45,16 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        // From an HTTP/1 client, the upstream request takes the parsed header itself, which has
+        // room for the fields a proxy adds; the downstream session keeps an identical copy,
+        // which is only read from here on. (A clone is exactly full, so the first field added to
+        // it regrew its list.)
+        let mut req = if session.req_header().version == Version::HTTP_2 {
+            session.req_header().clone()
+        } else {
+            let copy = session.req_header().clone();
+            std::mem::replace(session.req_header_mut(), copy)
+        };
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
