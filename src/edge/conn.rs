@@ -21,7 +21,7 @@ use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
     Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    Stream, TimingDigest, UniqueID, UniqueIDType, ALPN,
+    Stream, TimingDigests, UniqueID, UniqueIDType, ALPN,
 };
 use pingora_core::server::ShutdownWatch;
 use std::io;
@@ -676,7 +676,7 @@ impl Ssl for Guarded {
 }
 
 impl GetTimingDigest for Guarded {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+    fn get_timing_digest(&self) -> TimingDigests {
         self.inner.get_timing_digest()
     }
 

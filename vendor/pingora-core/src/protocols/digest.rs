@@ -30,7 +30,7 @@ pub struct Digest {
     /// Information regarding the TLS of this connection if any
     pub ssl_digest: Option<Arc<SslDigest>>,
     /// Timing information
-    pub timing_digest: Vec<Option<TimingDigest>>,
+    pub timing_digest: TimingDigests,
     /// information regarding the CONNECT proxy this connection uses.
     pub proxy_digest: Option<Arc<ProxyDigest>>,
     /// Information about underlying socket/fd of this connection
@@ -43,6 +43,12 @@ pub trait ProtoDigest {
         None
     }
 }
+
+/// The timing of each layer of a connection, from the lowest up.
+///
+/// Two layers (a socket, then TLS) are kept without a heap allocation: a digest is made for
+/// every HTTP/1 session, so on a keep-alive connection for every request.
+pub type TimingDigests = smallvec::SmallVec<[Option<TimingDigest>; 2]>;
 
 /// Timing information for one layer of a connection.
 #[derive(Clone, Debug)]
@@ -234,7 +240,7 @@ impl SocketDigest {
 /// The interface to return timing information
 pub trait GetTimingDigest {
     /// Return the timing for each layer from the lowest layer to upper
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>>;
+    fn get_timing_digest(&self) -> TimingDigests;
     fn get_read_pending_time(&self) -> Duration {
         Duration::ZERO
     }
