@@ -73,6 +73,8 @@ pub struct HttpSession {
     // connection, decided when the header is read: `read_resp_header_parts` hands the header
     // itself on rather than copying it. `None`: close; `Some(0)`: no timeout.
     header_keepalive: Option<u64>,
+    // The status code of the final response header once it has been handed over.
+    handed_over_status: Option<StatusCode>,
 }
 
 /// HTTP 1.x client session
@@ -108,6 +110,7 @@ impl HttpSession {
             allow_h1_response_invalid_content_length: false,
             preserve_header_case: true,
             header_keepalive: None,
+            handed_over_status: None,
         }
     }
 
@@ -452,30 +455,25 @@ impl HttpSession {
     /// Similar to [`Self::read_response()`], read the response header and then return it.
     ///
     /// An informational (1xx) header is copied, as the final one is still to come. The final
-    /// header itself is handed over: the session keeps its status code and version only, so
-    /// [`Self::resp_header()`] and [`Self::get_header()`] see no fields after this call. What
-    /// the session still needs of them (body framing, upgrade, keep-alive) was taken when the
-    /// header was read.
+    /// header itself is handed over: the session keeps only its status code
+    /// ([`Self::get_status()`]); [`Self::resp_header()`] is `None` after this call. What the
+    /// session still needs of the header (body framing, upgrade, keep-alive) was taken when it
+    /// was read.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // safe to unwrap because it is just read
-        let header = self.response_header.as_mut().unwrap();
-        if header.status.is_informational() {
-            return Ok(Box::new(header.as_ref().clone()));
+        let status = self.response_header.as_ref().unwrap().status;
+        if status.is_informational() {
+            return Ok(Box::new(self.resp_header().unwrap().clone()));
         }
-        let (mut rest, ()) = http::Response::new(()).into_parts();
-        rest.status = header.status;
-        rest.version = header.version;
-        Ok(Box::new(std::mem::replace(
-            header.as_mut(),
-            ResponseHeader::from(rest),
-        )))
+        self.handed_over_status = Some(status);
+        Ok(self.response_header.take().unwrap())
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
     ///
-    /// After [`Self::read_resp_header_parts()`] (and so [`Self::read_response_task()`]) has
-    /// handed the final header over, only its status code and version are left here.
+    /// `None` again once [`Self::read_resp_header_parts()`] (and so
+    /// [`Self::read_response_task()`]) has handed the final header over.
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
     }
@@ -497,7 +495,10 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        self.response_header
+            .as_ref()
+            .map(|h| h.status)
+            .or(self.handed_over_status)
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
