@@ -866,7 +866,11 @@ impl HttpSession {
             } else {
                 "close"
             };
-            header.insert_header(header::CONNECTION, connection_value)?;
+            // static: no copy of the value made for every answer
+            header.insert_header(
+                header::CONNECTION,
+                HeaderValue::from_static(connection_value),
+            )?;
         }
 
         if header.status == 101 {
@@ -921,8 +925,9 @@ impl HttpSession {
             self.set_keepalive(None);
         }
 
-        // Serialize header to bytes
-        let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+        // Serialize header to bytes, into a buffer of exactly its size: a full `BytesMut`
+        // freezes into `Bytes` as it is, one with room to spare into a second, shared block.
+        let mut write_buf = BytesMut::with_capacity(h1_wire_len(header));
         http_resp_header_to_buf(header, &mut write_buf)
             .map_err(|_| Error::explain(WriteError, "serializing response header"))?;
 
@@ -1848,6 +1853,19 @@ fn parse_req_buffer<'buf>(
 }
 
 #[inline]
+/// The length of `resp` as [`http_resp_header_to_buf`] writes it (a field's wire-case name has
+/// the length of its name).
+fn h1_wire_len(resp: &ResponseHeader) -> usize {
+    let reason = resp.get_reason_phrase().map_or(0, str::len);
+    let fields: usize = resp
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    // "HTTP/1.1 " "200" " " reason CRLF, the fields, CRLF
+    9 + 3 + 1 + reason + 2 + fields + 2
+}
+
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
     buf: &mut BytesMut,
