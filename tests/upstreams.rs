@@ -265,6 +265,15 @@ fn tls_to_the_upstream_with_sni_and_verification() {
 fn counting_upstream(
     idle: Duration,
 ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    counting_upstream_answering(idle, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+}
+
+/// As [`counting_upstream`], answering every request with `answer` (whatever its header says,
+/// the upstream itself keeps the connection open until `idle` passes without a request).
+fn counting_upstream_answering(
+    idle: Duration,
+    answer: &'static [u8],
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -300,7 +309,6 @@ fn counting_upstream(
                         }
                     }
                     buf.drain(..end + 4 + length);
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                     if conn.write_all(answer).is_err() {
                         return;
                     }
@@ -345,5 +353,76 @@ fn keepalive_upstream_connections_are_reused_and_a_closed_one_is_replaced() {
         accepted.load(Ordering::SeqCst),
         2,
         "the new connection was not pooled"
+    );
+}
+
+#[test]
+fn the_upstream_answer_decides_whether_its_connection_is_kept() {
+    use std::sync::atomic::Ordering;
+    // The upstreams below keep every connection open; only what the answer's header says may
+    // decide whether the gateway puts it back in the pool.
+    let cases: [(&[u8], usize, &str); 4] = [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            1,
+            "HTTP/1.1",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            4,
+            "Connection: close",
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            4,
+            "HTTP/1.0",
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            1,
+            "HTTP/1.0 keep-alive",
+        ),
+    ];
+    for (answer, connections, case) in cases {
+        let (up, accepted) = counting_upstream_answering(Duration::from_secs(10), answer);
+        let gw = Gateway::start(&format!(
+            "upstreams: {{api: {{peers: [\"{up}\"]}}}}\nroutes:\n  - {{prefix: /, upstream: api}}\n"
+        ));
+        for _ in 0..4 {
+            let r = gw.get("/x", &[]);
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]), "{case}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{case}");
+    }
+}
+
+#[test]
+fn an_informational_answer_before_the_final_one_leaves_the_final_whole_and_the_connection_kept() {
+    use std::sync::atomic::Ordering;
+    let (up, accepted) = counting_upstream_answering(
+        Duration::from_secs(10),
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\nX-Final: yes\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = Gateway::start(&format!(
+        "upstreams: {{api: {{peers: [\"{up}\"]}}}}\nroutes:\n  - {{prefix: /, upstream: api}}\n"
+    ));
+    for _ in 0..3 {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10"])
+            .arg(format!("http://{}/x", gw.addr))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        // Whether the hint is relayed or not, the final answer is the 200 with its own fields.
+        let last = text.rsplit("HTTP/1.1 ").next().unwrap_or_default();
+        assert!(last.starts_with("200"), "{text}");
+        assert!(last.to_ascii_lowercase().contains("x-final: yes"), "{text}");
+        assert!(last.ends_with("\n\nok"), "{text}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the upstream connection was not reused after an informational answer"
     );
 }
