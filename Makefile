@@ -19,6 +19,13 @@ test: deps
 		cargo test --locked --manifest-path vendor/$$crate/Cargo.toml \
 			--target-dir "$${CARGO_TARGET_DIR:-target}/vendor-tests" || exit 1; \
 	done
+	# pingora-core's protocol tests (patches 9-11, 17, 19, 20 change the HTTP/1 sessions), built
+	# against the vendored pingora-http and pingora-pool as the gateway is; the connector tests
+	# are left out: they dial hosts on the internet.
+	cargo test --locked --manifest-path vendor/pingora-core/Cargo.toml \
+		--config 'patch.crates-io.pingora-http.path="vendor/pingora-http"' \
+		--config 'patch.crates-io.pingora-pool.path="vendor/pingora-pool"' \
+		--target-dir "$${CARGO_TARGET_DIR:-target}/vendor-tests" --lib -- protocols
 	# pingora-proxy's own tests need a large set of dev-dependencies; the task pipe (patch 12)
 	# depends on std alone, so its tests are built and run by themselves.
 	mkdir -p "$${CARGO_TARGET_DIR:-target}/vendor-tests"

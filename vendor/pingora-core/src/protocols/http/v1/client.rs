@@ -1053,6 +1053,60 @@ mod tests_stream {
     }
 
     #[tokio::test]
+    async fn final_header_is_handed_over_and_keepalive_still_follows_it() {
+        init_log();
+        for (input, keepalive) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..], true),
+            (
+                &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
+                false,
+            ),
+            (&b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"[..], false),
+            (
+                &b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"[..],
+                true,
+            ),
+        ] {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let HttpTask::Header(header, false) = http_stream.read_response_task().await.unwrap()
+            else {
+                panic!("not a header task");
+            };
+            assert_eq!(header.headers.get("Content-Length").unwrap(), "2");
+            assert!(http_stream.resp_header().is_none());
+            assert_eq!(http_stream.get_status(), Some(StatusCode::OK));
+            // the body is framed by the header that was handed over
+            match http_stream.read_response_task().await.unwrap() {
+                HttpTask::Body(Some(body), true) => assert_eq!(&body[..], b"ok"),
+                t => panic!("unexpected task {t:?}"),
+            }
+            http_stream.respect_keepalive();
+            assert_eq!(http_stream.will_keepalive(), keepalive, "{input:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn informational_header_is_copied_and_the_final_one_follows() {
+        init_log();
+        let input = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let HttpTask::Header(header, _) = http_stream.read_response_task().await.unwrap() else {
+            panic!("not a header task");
+        };
+        assert_eq!(header.status.as_u16(), 103);
+        assert_eq!(http_stream.resp_header().unwrap().status.as_u16(), 103);
+        let HttpTask::Header(header, true) = http_stream.read_response_task().await.unwrap() else {
+            panic!("not the final header");
+        };
+        assert_eq!(header.status, StatusCode::OK);
+        assert_eq!(http_stream.get_status(), Some(StatusCode::OK));
+        http_stream.respect_keepalive();
+        assert!(http_stream.will_keepalive());
+    }
+
+    #[tokio::test]
     async fn body_bytes_received_content_length() {
         init_log();
         let input_header = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";

@@ -2691,6 +2691,23 @@ mod tests_stream {
             .unwrap();
     }
 
+    #[test]
+    fn h1_wire_len_is_the_serialized_length() {
+        let mut plain = ResponseHeader::build_no_case(StatusCode::OK, None).unwrap();
+        plain.append_header("content-type", "text/plain").unwrap();
+        plain.append_header("x-request-id", "abc").unwrap();
+        plain.append_header("x-request-id", "def").unwrap();
+        let mut cased = ResponseHeader::build(StatusCode::NOT_FOUND, None).unwrap();
+        cased.set_reason_phrase(Some("Nowhere To Be Found")).unwrap();
+        cased.append_header("X-CUSTOM-Field", "v").unwrap();
+        let unknown = ResponseHeader::build(599, None).unwrap(); // no canonical reason
+        for resp in [plain, cased, unknown] {
+            let mut buf = BytesMut::new();
+            http_resp_header_to_buf(&resp, &mut buf).unwrap();
+            assert_eq!(h1_wire_len(&resp), buf.len(), "{buf:?}");
+        }
+    }
+
     #[tokio::test]
     async fn write_informational() {
         let read_wire = b"GET / HTTP/1.1\r\n\r\n";
