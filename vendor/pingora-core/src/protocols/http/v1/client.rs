@@ -621,8 +621,7 @@ impl HttpSession {
     fn keepalive_from_header(&self, resp: &ResponseHeader) -> Option<u64> {
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if resp.version == Version::HTTP_10
-            && resp.headers.get(header::TRANSFER_ENCODING).is_some()
+        if resp.version == Version::HTTP_10 && resp.headers.get(header::TRANSFER_ENCODING).is_some()
         {
             return None;
         }
@@ -1061,7 +1060,10 @@ mod tests_stream {
                 &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
                 false,
             ),
-            (&b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"[..], false),
+            (
+                &b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+                false,
+            ),
             (
                 &b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"[..],
                 true,

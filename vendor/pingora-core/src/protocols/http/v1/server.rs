@@ -2698,7 +2698,9 @@ mod tests_stream {
         plain.append_header("x-request-id", "abc").unwrap();
         plain.append_header("x-request-id", "def").unwrap();
         let mut cased = ResponseHeader::build(StatusCode::NOT_FOUND, None).unwrap();
-        cased.set_reason_phrase(Some("Nowhere To Be Found")).unwrap();
+        cased
+            .set_reason_phrase(Some("Nowhere To Be Found"))
+            .unwrap();
         cased.append_header("X-CUSTOM-Field", "v").unwrap();
         let unknown = ResponseHeader::build(599, None).unwrap(); // no canonical reason
         for resp in [plain, cased, unknown] {
