@@ -11,7 +11,7 @@ use std::net::IpAddr;
 // Each a parsed name with the case it is written in: Pingora's insert_header (patch 3,
 // docs/pingora-patches.md) then neither parses nor allocates the name on every request.
 type Named = (HeaderName, &'static str);
-const XFF: Named = (
+pub(crate) const XFF: Named = (
     HeaderName::from_static("x-forwarded-for"),
     "X-Forwarded-For",
 );

@@ -98,6 +98,9 @@ pub fn generate() -> HeaderValue {
         .expect("hex and dashes are a valid header value")
 }
 
+/// W3C Trace Context's header, parsed once: a lookup by `&str` parses the name on every call.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
 pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(traceparent).ok()?;

@@ -296,7 +296,7 @@ fn identify(session: &Session, ctx: &mut Ctx, rules: &edge::EdgeRules) {
         if ctx.trusted_peer {
             let xff = req
                 .headers
-                .get_all("x-forwarded-for")
+                .get_all(&edge::forward::XFF.0)
                 .iter()
                 .map(|v| v.as_bytes());
             rules.trusted.client_ip(p, xff)
@@ -308,7 +308,7 @@ fn identify(session: &Session, ctx: &mut Ctx, rules: &edge::EdgeRules) {
     ctx.request_id = Some(rid.for_request(req.headers.get(&rid.header)));
     ctx.trace_id = req
         .headers
-        .get("traceparent")
+        .get(&edge::request_id::TRACEPARENT)
         .and_then(|t| edge::request_id::trace_id(t.as_bytes()))
         .map(str::to_owned);
 }
