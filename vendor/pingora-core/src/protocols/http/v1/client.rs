@@ -626,8 +626,9 @@ impl HttpSession {
             return None;
         }
         match self.is_connection_keepalive(resp) {
-            // TODO: respect max_use
-            Some(true) => Some(Self::get_keepalive_values(resp).0.unwrap_or(0)),
+            // `Keep-Alive: timeout=, max=` is not read here: the pool's idle timeout is the
+            // peer's, and reuse only asks whether the connection may be kept at all.
+            Some(true) => Some(0),
             Some(false) => None,
             // on by default for http 1.1, off for http 1.0
             None if resp.version == Version::HTTP_11 => Some(0),
@@ -657,6 +658,7 @@ impl HttpSession {
     /// This is defined in the below spec, this not part of any RFC, so
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+    #[cfg(test)]
     fn get_keepalive_values(resp: &ResponseHeader) -> (Option<u64>, Option<usize>) {
         let Some(keep_alive_header) = resp.headers.get("Keep-Alive") else {
             return (None, None);
