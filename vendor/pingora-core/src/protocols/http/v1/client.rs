@@ -2360,10 +2360,8 @@ mod tests_stream {
             KeepaliveStatus::Off
         );
 
-        impl HttpSession {
-            fn keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-                Self::get_keepalive_values(self.resp_header().unwrap())
-            }
+        fn keepalive_values(s: HttpSession) -> (Option<u64>, Option<usize>) {
+            HttpSession::get_keepalive_values(s.resp_header().unwrap())
         }
 
         async fn build_resp_with_keepalive_values(keep_alive: &str) -> HttpSession {
@@ -2377,51 +2375,37 @@ mod tests_stream {
         }
 
         assert_eq!(
-            build_resp_with_keepalive_values("timeout=5, max=1000")
-                .await
-                .keepalive_values(),
+            keepalive_values(build_resp_with_keepalive_values("timeout=5, max=1000").await),
             (Some(5), Some(1000))
         );
 
         assert_eq!(
-            build_resp_with_keepalive_values("max=1000, timeout=5")
-                .await
-                .keepalive_values(),
+            keepalive_values(build_resp_with_keepalive_values("max=1000, timeout=5").await),
             (Some(5), Some(1000))
         );
 
         assert_eq!(
-            build_resp_with_keepalive_values(" timeout = 5, max = 1000 ")
-                .await
-                .keepalive_values(),
+            keepalive_values(build_resp_with_keepalive_values(" timeout = 5, max = 1000 ").await),
             (Some(5), Some(1000))
         );
 
         assert_eq!(
-            build_resp_with_keepalive_values("timeout=5")
-                .await
-                .keepalive_values(),
+            keepalive_values(build_resp_with_keepalive_values("timeout=5").await),
             (Some(5), None)
         );
 
         assert_eq!(
-            build_resp_with_keepalive_values("max=1000")
-                .await
-                .keepalive_values(),
+            keepalive_values(build_resp_with_keepalive_values("max=1000").await),
             (None, Some(1000))
         );
 
         assert_eq!(
-            build_resp_with_keepalive_values("a=b")
-                .await
-                .keepalive_values(),
+            keepalive_values(build_resp_with_keepalive_values("a=b").await),
             (None, None)
         );
 
         assert_eq!(
-            build_resp_with_keepalive_values("")
-                .await
-                .keepalive_values(),
+            keepalive_values(build_resp_with_keepalive_values("").await),
             (None, None)
         );
     }
