@@ -71,8 +71,8 @@ pub struct HttpSession {
     preserve_header_case: bool,
     // What the final response header (with the request's `Connection`) says about reusing the
     // connection, decided when the header is read: `read_resp_header_parts` hands the header
-    // itself on rather than copying it. `None`: close; `Some(0)`: no timeout.
-    header_keepalive: Option<u64>,
+    // itself on rather than copying it.
+    header_keepalive: bool,
     // The status code of the final response header once it has been handed over.
     handed_over_status: Option<StatusCode>,
 }
@@ -109,7 +109,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             preserve_header_case: true,
-            header_keepalive: None,
+            header_keepalive: false,
             handed_over_status: None,
         }
     }
@@ -613,27 +613,24 @@ impl HttpSession {
             return;
         }
 
-        self.set_keepalive(self.header_keepalive);
+        // kept without a timeout of its own: the pool's idle timeout applies
+        self.set_keepalive(self.header_keepalive.then_some(0));
     }
 
-    /// What a response header says about reuse, for [`Self::respect_keepalive()`]: `None` to
-    /// close, `Some(seconds)` (0: no timeout) to keep the connection.
-    fn keepalive_from_header(&self, resp: &ResponseHeader) -> Option<u64> {
+    /// Whether a response header lets the connection be reused, for
+    /// [`Self::respect_keepalive()`].
+    fn keepalive_from_header(&self, resp: &ResponseHeader) -> bool {
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
         if resp.version == Version::HTTP_10 && resp.headers.get(header::TRANSFER_ENCODING).is_some()
         {
-            return None;
+            return false;
         }
-        match self.is_connection_keepalive(resp) {
-            // `Keep-Alive: timeout=, max=` is not read here: the pool's idle timeout is the
-            // peer's, and reuse only asks whether the connection may be kept at all.
-            Some(true) => Some(0),
-            Some(false) => None,
-            // on by default for http 1.1, off for http 1.0
-            None if resp.version == Version::HTTP_11 => Some(0),
-            None => None,
-        }
+        // `Keep-Alive: timeout=, max=` is not read here: the pool's idle timeout is the peer's,
+        // and reuse only asks whether the connection may be kept at all.
+        // Without a `Connection` verdict: on by default for http 1.1, off for http 1.0.
+        self.is_connection_keepalive(resp)
+            .unwrap_or(resp.version == Version::HTTP_11)
     }
 
     // Whether this session will be kept alive
