@@ -321,7 +321,7 @@ fn reload(config: &std::path::Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    let pid: i32 = match std::fs::read_to_string(&pid_file)
+    let pid: i32 = match portcullis::config::file::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
     {

@@ -48,7 +48,7 @@ pub fn secret_key(secret: &str, base64: bool) -> Result<SigningKey, String> {
 /// A key from `--key FILE`: a PEM private key, or a private JWK/JWKS (`oct`, `RSA`, `EC`, `OKP`).
 /// `kid` picks the key in a JWKS.
 pub fn key_file(path: &Path, kid: Option<&str>) -> Result<SigningKey, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let data = crate::config::file::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
     let trimmed = String::from_utf8_lossy(&data);
     if trimmed.trim_start().starts_with('{') {
         return jwk_key(&trimmed, kid);

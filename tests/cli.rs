@@ -175,6 +175,94 @@ routes: [{{prefix: /, upstream: api, auth: p}}]
     assert!(err.contains("give the public key"), "{err}");
 }
 
+/// `check` with a deadline: a config whose files block or never end must fail, not hang.
+fn check_within(path: &Path, limit: Duration) -> (bool, String) {
+    let mut child = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let since = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if since.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("check of {} still running after {limit:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.success(), err)
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
+
+#[test]
+fn check_refuses_named_files_that_are_not_regular_files_without_blocking() {
+    // A FIFO no one writes to would block a read forever; /dev/zero would be read until memory
+    // runs out. Each is refused, naming the field, the file and what it is.
+    let p = write_conf(&format!(
+        r#"
+upstreams: {{api: {{peers: ["127.0.0.1:2"]}}}}
+keys:
+  fifo: {{pem_file: key.fifo}}
+  zero: {{jwks_file: /dev/zero}}
+  dir: {{pem_file: "{dir}"}}
+  good: {{pem_file: "{good}"}}
+auth:
+  p: {{keys: [fifo, zero, dir, good], algorithms: [RS256]}}
+revocation: {{file: revoked.fifo}}
+routes: [{{prefix: /, upstream: api, auth: p}}]
+"#,
+        dir = keys_dir().display(),
+        good = key_path("rsa_public.pem"),
+    ));
+    let folder = p.parent().unwrap();
+    mkfifo(&folder.join("key.fifo"));
+    mkfifo(&folder.join("revoked.fifo"));
+    let (ok, err) = check_within(&p, Duration::from_secs(20));
+    assert!(!ok, "{err}");
+    let file = p.display().to_string();
+    for (path, what) in [
+        ("keys.fifo.pem_file", "not a regular file (a FIFO)"),
+        (
+            "keys.zero.jwks_file",
+            "not a regular file (a character device)",
+        ),
+        ("keys.dir.pem_file", "not a regular file (a directory)"),
+        ("revocation.file", "not a regular file (a FIFO)"),
+    ] {
+        let line = format!("{file}: {path}: ");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&line) && l.contains(what)),
+            "no error for {path} mentioning {what:?} in:\n{err}"
+        );
+    }
+    assert!(!err.contains("keys.good"), "{err}");
+
+    // The config file itself.
+    let fifo = folder.join("conf.fifo");
+    mkfifo(&fifo);
+    let (ok, err) = check_within(&fifo, Duration::from_secs(20));
+    assert!(!ok);
+    assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+}
+
 #[test]
 fn run_refuses_an_invalid_config() {
     let p = write_conf("routes:\n  - {prefix: /, upstream: nowhere}\n");

@@ -197,7 +197,7 @@ pub fn load_key_set(
 
 fn read(loaded: &Loaded, file: &str, fpath: &str) -> Result<String, Vec<ConfigError>> {
     let p = loaded.resolve(file);
-    std::fs::read_to_string(&p)
+    crate::config::file::read_to_string(&p)
         .map_err(|e| vec![ConfigError::new(fpath, format!("cannot read {p:?}: {e}"))])
 }
 

@@ -6,6 +6,7 @@
 
 mod ctx;
 mod duration;
+pub mod file;
 pub mod schema;
 
 pub use ctx::Ctx;
@@ -783,7 +784,7 @@ pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
         file: file.to_path_buf(),
         errors,
     };
-    let text = std::fs::read_to_string(file)
+    let text = file::read_to_string(file)
         .map_err(|e| fail(vec![ConfigError::new("", format!("cannot read file: {e}"))]))?;
     let (config, errors) = parse(&text).map_err(fail)?;
     let base_dir = file

@@ -87,8 +87,8 @@ impl Revocation {
     }
 
     fn read(path: &Path) -> Result<RevocationSet, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+        let text = crate::config::file::read_to_string(path)
+            .map_err(|e| format!("cannot read {path:?}: {e}"))?;
         parse_file(&text).map_err(|e| format!("{path:?}: {e}"))
     }
 

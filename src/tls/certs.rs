@@ -30,7 +30,7 @@ pub enum Which {
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(p).map_err(|e| format!("cannot read {p:?}: {e}"))
+    crate::config::file::read(p).map_err(|e| format!("cannot read {p:?}: {e}"))
 }
 
 /// Load and check one pair. Errors say which file and why; nothing here panics on bad input.

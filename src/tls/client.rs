@@ -43,7 +43,7 @@ fn hints(subjects: Vec<DistinguishedName>) -> &'static [DistinguishedName] {
 /// Load the CA file and build the verifier; errors at `path` (`tls.NAME.client_auth`).
 pub fn compile(c: &ClientAuthConfig, path: &str, ctx: &Ctx) -> Option<ClientAuth> {
     let file = ctx.resolve(&c.ca);
-    let pem = match std::fs::read(&file) {
+    let pem = match crate::config::file::read(&file) {
         Ok(p) => p,
         Err(e) => {
             ctx.error(format!("{path}.ca"), format!("cannot read {file:?}: {e}"));
