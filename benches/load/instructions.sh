@@ -12,8 +12,12 @@
 # Each proxy runs one worker thread, keep-alive to the same nginx upstream. (Valgrind has no AVX-512, so crypto-heavy rows would not count what the real
 # CPU runs; they are left out.)
 #
-# Needs: a release build, Debian's nginx, haproxy, wrk and valgrind. It installs nothing and
-# stops everything it started. With TOP=1 it also prints the functions that execute the most
+# Two more rows measure Rust reference proxies built from benches/load/reference (not part of
+# portcullis): the least a tokio keep-alive proxy can do, and a hyper 1 proxy (NO_REFERENCE=1
+# leaves them out).
+#
+# Needs: a release build, Debian's nginx, haproxy, wrk and valgrind, and cargo for the
+# reference proxies. It installs nothing and stops everything it started. With TOP=1 it also prints the functions that execute the most
 # instructions in the LONG run of each row. ONLY=portcullis leaves the peers' rows out.
 #
 # Usage: benches/load/instructions.sh        (SHORT=2 LONG=8 seconds by default)
@@ -84,6 +88,16 @@ row() { # row NAME URL TOKEN PROGRAM...
     fi
 }
 
+# Two Rust reference proxies (benches/load/reference, built here into target/reference): the
+# least a tokio keep-alive proxy does per request, and a hyper 1 proxy — what a proxied request
+# costs in Rust without Pingora's layers, to read portcullis' rows against.
+if [ "${ONLY:-}" != portcullis ] && [ -z "${NO_REFERENCE:-}" ]; then
+    need cargo
+    cargo build --release --locked --quiet --manifest-path "$ROOT/benches/load/reference/Cargo.toml" \
+        --target-dir "$ROOT/target/reference"
+    REF_FLOOR=$(port); REF_HYPER=$(port)
+fi
+
 GATEWAY=("$BIN" run -c "$WORK/portcullis.yaml")
 G="http://127.0.0.1:$GW"
 if [ "${ONLY:-}" != portcullis ]; then
@@ -91,6 +105,13 @@ if [ "${ONLY:-}" != portcullis ]; then
     row "nginx plain proxy" "http://127.0.0.1:$NG/x" "" nginx -c "$WORK/proxy.conf" -p "$WORK" -g "master_process off;"
     STOP=TERM row "haproxy plain proxy" "http://127.0.0.1:$HA_PLAIN/x" "" haproxy -db -f "$WORK/haproxy.cfg"
     STOP=TERM row "haproxy jwt_verify HS256" "http://127.0.0.1:$HA_HS/x" "$TOKEN" haproxy -db -f "$WORK/haproxy.cfg"
+    if [ -n "${REF_FLOOR:-}" ]; then
+        # started in the background by a script, they ignore SIGINT: stopped with SIGTERM
+        STOP=TERM row "rust floor (tokio+httparse)" "http://127.0.0.1:$REF_FLOOR/x" "" \
+            "$ROOT/target/reference/release/floor" "127.0.0.1:$REF_FLOOR" "127.0.0.1:$UP"
+        STOP=TERM row "rust hyper 1 proxy" "http://127.0.0.1:$REF_HYPER/x" "" \
+            "$ROOT/target/reference/release/hyper" "127.0.0.1:$REF_HYPER" "127.0.0.1:$UP"
+    fi
 fi
 row "auth off" "$G/off/x" "" "${GATEWAY[@]}"
 row "HS256 (cache)" "$G/hs/x" "$TOKEN" "${GATEWAY[@]}"

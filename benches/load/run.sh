@@ -13,6 +13,11 @@
 # ratio, the median of the per-round ratios: on a shared machine one 10 s row can be off by 10%,
 # and two rows minutes apart by more.
 #
+# REFERENCE=1 adds two rows after nginx's in every round: the Rust reference proxies of
+# benches/load/reference (built here with cargo; see instructions.sh), a tokio floor and a hyper 1
+# proxy, each with its ratio to nginx — what requests/s a proxy of another shape than Pingora's
+# reaches on the same machine.
+#
 # Usage: benches/load/run.sh            (DURATION=10s CONNECTIONS=64 ROUNDS=3 by default)
 set -euo pipefail
 
@@ -128,9 +133,25 @@ PORTCULLIS_PID=${PIDS[-1]}
 start "$PROXY_CORE" "$WORK/nginx.log" nginx -c "$WORK/proxy.conf" -p "$WORK"
 start "$PROXY_CORE" "$WORK/haproxy.log" haproxy -f "$WORK/haproxy.cfg" -db
 for p in "$GW" "$NG" "$HA_PLAIN" "$HA_HS" "$HA_RS" "$HA_ES"; do wait_port "$p"; done
+if [ -n "${REFERENCE:-}" ]; then
+    need cargo
+    cargo build --release --locked --quiet --manifest-path "$ROOT/benches/load/reference/Cargo.toml" \
+        --target-dir "$ROOT/target/reference"
+    REF_FLOOR=$(port); REF_HYPER=$(port)
+    for proxy in floor hyper; do
+        [ $proxy = floor ] && p=$REF_FLOOR || p=$REF_HYPER
+        start "$PROXY_CORE" "$WORK/$proxy.log" "$ROOT/target/reference/release/$proxy" \
+            "127.0.0.1:$p" "127.0.0.1:$UP"
+        wait_port "$p"
+    done
+fi
 G="http://127.0.0.1:$GW"
 one_round() {
     measure "nginx plain proxy" "http://127.0.0.1:$NG/x"
+    if [ -n "${REFERENCE:-}" ]; then
+        measure "rust floor proxy" "http://127.0.0.1:$REF_FLOOR/x"
+        measure "rust hyper proxy" "http://127.0.0.1:$REF_HYPER/x"
+    fi
     measure "portcullis auth off" "$G/off/x"
     measure "haproxy plain proxy" "http://127.0.0.1:$HA_PLAIN/x"
     measure "haproxy jwt_verify HS256" "http://127.0.0.1:$HA_HS/x" "$TOKEN_HS"
@@ -185,5 +206,9 @@ ratio "portcullis RS256 no cache / haproxy RS256" "portcullis RS256 no cache" "h
 ratio "portcullis ES256 no cache / haproxy ES256" "portcullis ES256 no cache" "haproxy jwt_verify ES256"
 ratio "portcullis HS256 / portcullis auth off" "portcullis HS256" "portcullis auth off"
 ratio "portcullis auth off / haproxy plain" "portcullis auth off" "haproxy plain proxy"
+if [ -n "${REFERENCE:-}" ]; then
+    ratio "rust floor proxy / nginx plain" "rust floor proxy" "nginx plain proxy"
+    ratio "rust hyper proxy / nginx plain" "rust hyper proxy" "nginx plain proxy"
+fi
 echo
 echo "portcullis RSS after all rounds: ${RSS} KiB"
