@@ -814,6 +814,13 @@ fn failed_handshakes_are_counted_by_reason() {
         assert_eq!(gw.metric(&series(reason)), base(reason) + more, "{reason}");
     }
     assert_eq!(echo.hits(), 1);
+    // Counted, not logged as errors: a port probe or a scanner must not fill the error log
+    // (Pingora patch 22). At the default log level nothing about them is written.
+    let log = gw.log();
+    assert!(
+        !log.lines().any(|l| l.contains("handshake")),
+        "failed handshakes logged:\n{log}"
+    );
 }
 
 /// What `openssl s_client` prints for a handshake without a client certificate.

@@ -236,17 +236,22 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                                        // A failed handshake is the client's doing (a port
+                                        // probe, plaintext on a TLS port, a client that does
+                                        // not trust the certificate): logged at debug, not as
+                                        // an error of this server. `TlsAccept::
+                                        // handshake_failed_callback` lets the application count
+                                        // them.
                                         if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
+                                            debug!("Downstream handshake error from {}: {e}", addr);
                                         } else {
-                                            error!("Downstream handshake error: {e}");
+                                            debug!("Downstream handshake error: {e}");
                                         }
                                     }
                                 }
                             }
                             Err(_) => {
-                                error!("Downstream handshake timeout");
+                                debug!("Downstream handshake timeout");
                             }
                         }
                     });
