@@ -414,6 +414,13 @@ fn certificates_rotate_on_disk_and_on_reload_without_dropping_connections() {
     assert!(gw.log().contains("keep serving"), "{}", gw.log());
 
     // Reload with a config naming other files: served from the next handshake on.
+    let expiry_of = |cert: &std::path::Path| {
+        format!(
+            "portcullis_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\",profile=\"edge\"}}",
+            cert.display()
+        )
+    };
+    assert!(gw.metric(&expiry_of(&s.api.cert)) > now() as f64);
     let conf = gw.dir.join("portcullis.yaml");
     let text = std::fs::read_to_string(&conf).unwrap();
     let third = s.ca.leaf(&s.dir, "third", &["api.example.com"], false);
@@ -429,15 +436,21 @@ fn certificates_rotate_on_disk_and_on_reload_without_dropping_connections() {
     std::fs::write(&conf, text).unwrap();
     gw.signal("-HUP");
     wait_for_cert(port, "api.example.com", &third.sha256);
-    // Expiry is exported per certificate.
-    let expiry = format!(
-        "portcullis_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\",profile=\"edge\"}}",
-        third.cert.display()
-    );
+    // Expiry is exported per certificate served: the new file's appears, the file no longer
+    // named loses its series (an expiry alert must not go on firing for it), the wildcard keeps
+    // its own.
+    let expiry = expiry_of(&third.cert);
     assert!(
         gw.metric(&expiry) > now() as f64,
         "no expiry gauge {expiry}"
     );
+    let body = request(gw.admin, "GET", "/metrics", &[], None).body;
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        !body.contains(&expiry_of(&s.api.cert)),
+        "the replaced certificate's expiry is still exported:\n{body}"
+    );
+    assert!(gw.metric(&expiry_of(&s.wild.cert)) > now() as f64);
 }
 
 #[test]

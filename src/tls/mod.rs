@@ -255,6 +255,7 @@ pub struct Resolver {
     /// The profile's sessions when its listeners were built (a restart changes them).
     pub sessions: Sessions,
     profile: ArcSwap<Profile>,
+    installing: std::sync::Mutex<()>,
     hellos: prometheus::IntCounter,
 }
 
@@ -275,6 +276,7 @@ impl Resolver {
             name: profile.name.clone(),
             sessions: profile.sessions,
             profile: ArcSwap::new(profile.clone()),
+            installing: std::sync::Mutex::new(()),
             hellos: metrics()
                 .tls_client_hellos
                 .with_label_values(&[&profile.name]),
@@ -293,9 +295,28 @@ impl Resolver {
         self.profile.load_full()
     }
 
-    /// Serve `profile` from the next handshake on.
+    /// Serve `profile` from the next handshake on. A certificate file the new profile no longer
+    /// names loses its expiry series, so that an alert on expiry does not go on firing for a
+    /// certificate that was replaced by one under another name.
     pub fn install(&self, profile: Arc<Profile>) {
+        // One install at a time (a reload and the file watcher): each compares with the
+        // profile the other left.
+        let _one = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.profile.load_full();
         self.export(&profile);
+        for c in &old.store.certs {
+            if !profile
+                .store
+                .certs
+                .iter()
+                .any(|n| n.cert_path == c.cert_path)
+            {
+                let file = c.cert_path.display().to_string();
+                let _ = metrics()
+                    .tls_certificate_expiry
+                    .remove_label_values(&[&self.name, &file]);
+            }
+        }
         self.profile.store(profile);
     }
 
