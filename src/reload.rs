@@ -184,7 +184,9 @@ impl Reloader {
             None
         };
         new.start_background();
-        self.live.policy.store(Arc::new(new));
+        let new = Arc::new(new);
+        self.live.policy.store(new.clone());
+        crate::observe::state::forget_removed(&new);
         if let Some(log) = new_log {
             self.live.access_log.store(log);
         }

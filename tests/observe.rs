@@ -495,7 +495,21 @@ routes:
     assert!(m["process_start_time_seconds"] >= started - 30.0);
     assert!(m.contains_key("process_cpu_seconds_total"));
 
-    // A reload that drops the rate limit drops its series, and moves the reload time.
+    // The series of what the reload below removes: the /sso/ route, its policy, its key set,
+    // the rate limit.
+    let removed = [
+        r#"portcullis_requests_total{route="/sso/",status="200"}"#,
+        r#"portcullis_request_duration_seconds_count{route="/sso/"}"#,
+        r#"portcullis_jwt_validations_total{policy="sso",result="ok"}"#,
+        r#"portcullis_jwks_fetches_total{keys="idp",result="ok"}"#,
+        r#"portcullis_rate_limited_total{limit="per_sub"}"#,
+    ];
+    for series in removed {
+        assert!(m.contains_key(series), "{series} before the reload");
+    }
+
+    // A reload that drops the rate limit, the /sso/ route, its policy and key set drops their
+    // series, and moves the reload time.
     std::thread::sleep(Duration::from_millis(1100));
     let conf = std::fs::read_to_string(gw.dir.join("portcullis.yaml")).unwrap();
     let conf = conf
@@ -505,6 +519,15 @@ routes:
             "",
         )
         .replace("rate_limits:\n", "");
+    let conf: String = conf
+        .lines()
+        .filter(|l| {
+            !["  idp:", "  sso:", "  - {prefix: /sso/"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(gw.dir.join("portcullis.yaml"), conf).unwrap();
     gw.signal("-HUP");
     eventually("the reload", Duration::from_secs(5), || {
@@ -516,6 +539,20 @@ routes:
     let m = scrape(&gw);
     assert!(!m.contains_key(r#"portcullis_rate_limit_keys{limit="per_sub"}"#));
     assert!(m["portcullis_config_last_reload_success_timestamp_seconds"] > loaded);
+    for series in removed {
+        assert!(!m.contains_key(series), "{series} after the reload");
+    }
+    // What stays keeps counting from where it was.
+    let api = r#"portcullis_requests_total{route="/api/",status="200"}"#;
+    assert_eq!(m.get(api), Some(&4.0), "{api}");
+    assert_eq!(
+        m.get(r#"portcullis_jwt_validations_total{policy="users",result="ok"}"#),
+        Some(&4.0)
+    );
+    assert_eq!(gw.bearer("/api/x", &a).status, 200);
+    eventually("the /api/ request counted", Duration::from_secs(5), || {
+        (scrape(&gw).get(api) == Some(&5.0)).then_some(())
+    });
 
     // promtool, the Prometheus project's own linter, on the live scrape.
     let text = request(gw.admin, "GET", "/metrics", &[], None).body;

@@ -3,8 +3,10 @@
 //! the request path nothing and a reload that removes a route, policy or limit removes its
 //! series too.
 
-use super::metrics::metrics;
+use super::metrics::{metrics, NO_ROUTE};
 use crate::policy::Policy;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 /// Set the sampled gauges from `policy`.
@@ -67,4 +69,52 @@ pub fn sample(policy: &Policy) {
         set.sub.len() + set.jti.len()
     });
     g.revoked_entries.set(revoked as i64);
+}
+
+/// After a reload: drop the series of the routes, auth policies, rate limits, upstreams and key
+/// sets that `policy` (the one now in force) no longer has, so that `/metrics` shows what is
+/// configured instead of a removed route's counters standing still until a restart. Requests
+/// still in flight on the old policy count into handles no longer exported. TLS profiles keep
+/// theirs: their listeners serve until a restart.
+pub fn forget_removed(policy: &Policy) {
+    let m = metrics();
+    let routes: BTreeSet<&str> = policy
+        .routes
+        .routes()
+        .iter()
+        .map(|r| r.id.as_str())
+        .chain([NO_ROUTE])
+        .collect();
+    let has_route = |v: &str| routes.contains(v);
+    retain(&m.requests, "route", &has_route);
+    retain(&m.request_duration, "route", &has_route);
+    retain(&m.jwt_validations, "policy", &|v| {
+        policy.verifiers.contains_key(v)
+    });
+    retain(&m.rate_limited, "limit", &|v| {
+        policy.rate_limits.contains_key(v)
+    });
+    let has_upstream = |v: &str| policy.upstreams.contains_key(v);
+    retain(&m.upstream_duration, "upstream", &has_upstream);
+    retain(&m.upstream_errors, "upstream", &has_upstream);
+    retain(&m.dns_lookups, "upstream", &has_upstream);
+    retain(&m.jwks_fetches, "keys", &|v| {
+        policy.key_sets.contains_key(v)
+    });
+}
+
+/// Remove every series of `vec` whose `label` has a value `keep` refuses.
+fn retain<B: MetricVecBuilder>(vec: &MetricVec<B>, label: &str, keep: &dyn Fn(&str) -> bool) {
+    for family in vec.collect() {
+        for series in family.get_metric() {
+            let labels: HashMap<&str, &str> = series
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get(label).is_some_and(|v| !keep(v)) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
 }
