@@ -83,7 +83,7 @@ fn kind(t: std::fs::FileType) -> &'static str {
     } else if t.is_socket() {
         "a socket"
     } else {
-        "not a file"
+        "an unknown kind of file"
     }
 }
 
