@@ -163,7 +163,8 @@ write_revoked() {
 write_revoked
 
 # --- the gateway's config: VARIANT (0 or 1) changes one route, so every reload swaps in a new
-# policy (two names only: each route name ever loaded keeps its metric series) ----------------------
+# policy (a reload drops the removed route's metric series: no load goes to it, so the request
+# totals that report.py compares with the clients' counts are not changed by that) -------------
 write_config() { # write_config VARIANT [invalid]
     cat >"$WORK/portcullis.yaml.tmp" <<CONF
 server:
