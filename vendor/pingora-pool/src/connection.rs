@@ -341,6 +341,45 @@ impl<S> ConnectionPool<S> {
         self.insert_pool_connection(meta.key, meta.id, PoolConnection::new(None, connection));
     }
 
+    /// Drop every pooled connection for which `keep` returns `false`, and return how many were
+    /// dropped.
+    ///
+    /// This is for connections released with [`Self::put_unwatched`]: nobody waits on them
+    /// while they idle, so one that the peer closes would otherwise keep its file descriptor
+    /// until it is next picked or the LRU evicts it. A single periodic sweep calling this with
+    /// a non-blocking "still open?" test finds them instead, at a cost that does not grow with
+    /// the request rate. A connection taken by [`Self::get`] while the sweep runs is simply not
+    /// seen; `keep` must not block.
+    pub fn retain_idle(&self, mut keep: impl FnMut(&S) -> bool) -> usize {
+        let mut dropped = Vec::new();
+        for node in self.pools.iter() {
+            node.connections.lock().retain(|id, c| {
+                let kept = keep(&c.connection);
+                if !kept {
+                    dropped.push(*id);
+                }
+                kept
+            });
+            // The hot queue: each entry taken out, tested and put back if kept, under the lock
+            // that keeps two removals off the queue at once.
+            let _queue_lock = node.hot_queue_remove_lock.lock();
+            for _ in 0..node.hot_queue.len() {
+                let Some((id, c)) = node.hot_queue.pop() else { break };
+                if keep(&c.connection) {
+                    node.insert(id, c);
+                } else {
+                    dropped.push(id);
+                }
+            }
+        }
+        // Their LRU entries go too (the connections themselves were dropped above). Empty
+        // nodes are left to the sweep in `insert_pool_connection`.
+        for id in &dropped {
+            self.lru.pop(id);
+        }
+        dropped.len()
+    }
+
     /// Actively monitor the health of a connection that is already released to this pool
     ///
     /// When the connection breaks, or the optional `timeout` is reached this function will
@@ -1113,6 +1152,34 @@ mod tests {
         cp.pop_closed(&m2);
         assert_eq!(cp.get(&1), Some("c3".to_string()));
         assert!(cp.get(&1).is_none());
+    }
+
+    #[test]
+    fn test_retain_idle_drops_the_refused_from_hot_queue_map_and_lru() {
+        // 20 connections under two keys: more than the hot queue's 16, so some sit in the map.
+        let cp: ConnectionPool<String> = ConnectionPool::new(64);
+        for id in 0..20 {
+            let key = 7 + (id % 2) as u64;
+            cp.put_unwatched(&ConnectionMeta::new(key, id), format!("c{id}"));
+        }
+        // The "closed" ones: every third.
+        let closed = |c: &String| c[1..].parse::<usize>().unwrap() % 3 == 0;
+        assert_eq!(cp.retain_idle(|c| !closed(c)), 7);
+        assert_eq!(cp.lru.len(), 13);
+        // A second sweep finds nothing more to drop.
+        assert_eq!(cp.retain_idle(|c| !closed(c)), 0);
+        // What is left is every kept connection, under its own key, and nothing else.
+        let mut left = Vec::new();
+        for key in [7, 8] {
+            while let Some(c) = cp.get(&key) {
+                let id: usize = c[1..].parse().unwrap();
+                assert_eq!(7 + (id % 2) as u64, key, "{c} under {key}");
+                left.push(id);
+            }
+        }
+        left.sort();
+        assert_eq!(left, (0..20).filter(|id| id % 3 != 0).collect::<Vec<_>>());
+        assert_eq!(cp.lru.len(), 0);
     }
 
     #[tokio::test]

@@ -223,6 +223,12 @@ where
         self.put(key, Node::unwatched(meta))
     }
 
+    /// How many entries the LRU holds.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len.load(Relaxed)
+    }
+
     pub fn pop(&self, key: &K) -> Option<Node<T>> {
         let popped = self.shard(key).lock().pop(key);
         if popped.is_some() {
