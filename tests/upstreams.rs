@@ -356,6 +356,59 @@ fn keepalive_upstream_connections_are_reused_and_a_closed_one_is_replaced() {
     );
 }
 
+/// Sockets to `port` in CLOSE_WAIT on this host (`/proc/net/tcp`): connections whose far end
+/// (here: the upstream) closed and whose near end (the gateway) has not.
+fn close_wait_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16) == Ok(port) && f[3] == "08"
+        })
+        .count()
+}
+
+#[test]
+fn pooled_connections_the_upstream_closes_are_let_go_while_idle() {
+    // The upstream closes a connection after 200 ms without a request. The gateway keeps its
+    // pooled connections unwatched (Pingora patch 2), and a sweep of the pool every second
+    // (patch 23) finds the closed ones: without it each would sit in CLOSE_WAIT, holding a
+    // file descriptor, until it was next picked.
+    let (up, accepted) = counting_upstream(Duration::from_millis(200));
+    let gw = Gateway::start(&format!(
+        "upstreams: {{api: {{peers: [\"{up}\"]}}}}\nroutes:\n  - {{prefix: /, upstream: api}}\n"
+    ));
+    // Requests at once, so that several connections go back to the pool.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = gw.addr;
+            std::thread::spawn(move || request(addr, "GET", "/x", &[], None).status)
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened >= 1);
+    // The upstream closes them all after its 200 ms; the sweep lets them go within a second or
+    // two.
+    std::thread::sleep(Duration::from_millis(600));
+    eventually(
+        "no pooled connection left in CLOSE_WAIT",
+        Duration::from_secs(5),
+        || (close_wait_to(up.port()) == 0).then_some(()),
+    );
+    // And the pool still works: the next request opens a new connection.
+    assert_eq!(gw.get("/x", &[]).status, 200);
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        opened + 1
+    );
+}
+
 #[test]
 fn the_upstream_answer_decides_whether_its_connection_is_kept() {
     use std::sync::atomic::Ordering;

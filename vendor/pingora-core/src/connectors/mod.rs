@@ -36,7 +36,7 @@ use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
@@ -179,9 +179,15 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    /// Whether the task that drops pooled connections their peers closed has been started.
+    sweeping: AtomicBool,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
+
+/// How often the pooled connections that nobody watches while they idle are checked for a
+/// close by their peer.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
@@ -210,6 +216,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -302,6 +309,32 @@ impl TransportConnector {
         }
     }
 
+    /// Start, once per connector (on the first release without an idle timeout), the task that
+    /// every [`SWEEP_EVERY`] drops the pooled connections whose peer closed them or sent data
+    /// unprompted, so that they do not keep their file descriptors (in CLOSE_WAIT) until they
+    /// are next picked or evicted. It ends with the pool.
+    fn start_sweeper(&self) {
+        if self.sweeping.load(Ordering::Relaxed) || self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(&self.connection_pool);
+        let unexpected = self.unexpected_data_conn_count.clone();
+        pingora_runtime::current_handle().spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let dropped = pool.retain_idle(|stream| match stream.try_lock() {
+                    Ok(mut stream) => test_reusable_stream(&mut stream, &unexpected),
+                    // held by someone: not idle
+                    Err(_) => true,
+                });
+                if dropped > 0 {
+                    debug!("dropped {dropped} pooled connections their peers closed");
+                }
+            }
+        });
+    }
+
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
     ///
     /// Not all TCP/TLS connections can be reused. It is the caller's responsibility to make sure
@@ -329,8 +362,9 @@ impl TransportConnector {
             // task: spawning one per release cost a task, a channel and a poll on every
             // keep-alive request, and `put_unwatched` makes neither the eviction notifier nor
             // the pick-up channel a watcher would wait on. A connection the peer closes while
-            // it idles keeps its fd until it is next picked (and found closed) or the pool's
-            // LRU evicts it.
+            // it idles is found by one sweep of the whole pool a second (`start_sweeper`),
+            // whose cost does not grow with the request rate.
+            self.start_sweeper();
             self.connection_pool.put_unwatched(&meta, stream);
             return;
         }
